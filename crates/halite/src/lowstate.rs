@@ -1,0 +1,56 @@
+//! Lowstate requests: parse a body into chunks and run them in order.
+//!
+//! Shared by every surface; surfaces differ only in where credentials come
+//! from and how bodies and responses are encoded.
+
+use salt_client::clients::{Lowstate, Netapi, Output};
+use salt_client::redact;
+use serde_json::Value as Json;
+
+use crate::error::ApiError;
+
+/// A body must be a JSON array of objects (rest_wsgi), or one object that
+/// rest_cherrypy wraps into a list.
+pub fn chunks_from_json(body: Json, allow_single_object: bool) -> Result<Vec<Lowstate>, ApiError> {
+    match body {
+        Json::Array(items) => items
+            .into_iter()
+            .enumerate()
+            .map(|(i, item)| match item {
+                Json::Object(m) => Ok(m),
+                _ => Err(ApiError::bad_request(format!(
+                    "Lowstate chunk {i} is not an object; the body must be a list of lowstate objects"
+                ))),
+            })
+            .collect(),
+        Json::Object(m) if allow_single_object => Ok(vec![m]),
+        _ => Err(ApiError::bad_request("The body must be a JSON list of lowstate objects")),
+    }
+}
+
+/// Run chunks in order and collect the `return` list, splicing sequence
+/// results (`local_batch`) as rest_cherrypy does. The first failing chunk
+/// fails the request.
+pub async fn run_chunks(netapi: &Netapi, chunks: Vec<Lowstate>) -> Result<Vec<Json>, ApiError> {
+    let mut out = Vec::with_capacity(chunks.len());
+    for chunk in chunks {
+        if let Some(token) = chunk.get("token") {
+            match token.as_str() {
+                Some(t) if salt_client::auth::validate_token_text(t).is_ok() => {}
+                _ => {
+                    return Err(ApiError::unauthorized(
+                        "Authentication failed: invalid token",
+                    ))
+                }
+            }
+        }
+        if tracing::enabled!(tracing::Level::DEBUG) {
+            tracing::debug!(lowstate = %redact::redacted(&Json::Object(chunk.clone())), "running lowstate");
+        }
+        match netapi.run(chunk).await? {
+            Output::One(v) => out.push(v),
+            Output::Many(vs) => out.extend(vs),
+        }
+    }
+    Ok(out)
+}

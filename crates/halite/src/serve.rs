@@ -1,0 +1,148 @@
+//! Listeners, TLS, request accounting and graceful shutdown.
+
+use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use axum::extract::{Request, State};
+use axum::middleware::{self, Next};
+use axum::response::Response;
+use axum::Router;
+use axum_server::tls_rustls::RustlsConfig;
+use salt_client::config::MasterConfig;
+use salt_client::master::Master;
+
+use crate::settings::{Surface, SurfaceKind};
+use crate::{app_state, metrics, wsgi, AppState, Limits};
+
+/// Serve every surface until SIGINT/SIGTERM.
+pub async fn run(config: MasterConfig, surfaces: Vec<Surface>) -> Result<(), String> {
+    let master = Master::new(config);
+    let handle = axum_server::Handle::new();
+    let mut servers = tokio::task::JoinSet::new();
+    for surface in surfaces {
+        let state = app_state(
+            master.clone(),
+            Limits {
+                max_body: surface.max_body,
+            },
+        );
+        let app = router_for(&surface, state);
+        let addr = resolve(&surface.host, surface.port).await?;
+        let h = handle.clone();
+        let name = surface.kind.section();
+        match &surface.tls {
+            Some((crt, key)) => {
+                let _ = rustls::crypto::ring::default_provider().install_default();
+                let tls = RustlsConfig::from_pem_file(crt, key)
+                    .await
+                    .map_err(|e| format!("{name}: cannot load TLS certificate/key: {e}"))?;
+                let listener = std::net::TcpListener::bind(addr)
+                    .map_err(|e| format!("{name}: cannot bind {addr}: {e}"))?;
+                listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+                tracing::info!(surface = name, %addr, "serving https");
+                servers.spawn(async move {
+                    axum_server::from_tcp_rustls(listener, tls)
+                        .handle(h)
+                        .serve(app.into_make_service_with_connect_info::<SocketAddr>())
+                        .await
+                });
+            }
+            None => {
+                let listener = std::net::TcpListener::bind(addr)
+                    .map_err(|e| format!("{name}: cannot bind {addr}: {e}"))?;
+                listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+                tracing::info!(surface = name, %addr, "serving http");
+                servers.spawn(async move {
+                    axum_server::from_tcp(listener)
+                        .handle(h)
+                        .serve(app.into_make_service_with_connect_info::<SocketAddr>())
+                        .await
+                });
+            }
+        }
+    }
+    let h = handle.clone();
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        tracing::info!("shutting down: finishing requests in flight (at most 10 s)");
+        h.graceful_shutdown(Some(Duration::from_secs(10)));
+    });
+    while let Some(done) = servers.join_next().await {
+        match done {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => return Err(format!("server failed: {e}")),
+            Err(e) => return Err(format!("server task failed: {e}")),
+        }
+    }
+    Ok(())
+}
+
+/// The router of one surface, with accounting and health routes.
+pub fn router_for(surface: &Surface, state: AppState) -> Router {
+    let app = match surface.kind {
+        SurfaceKind::Wsgi => metrics::routes()
+            .with_state(state.clone())
+            .merge(wsgi::router(state.clone())),
+    };
+    app.layer(middleware::from_fn_with_state(state, account))
+}
+
+async fn account(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let m = &state.metrics;
+    m.requests.fetch_add(1, Ordering::Relaxed);
+    m.in_flight.fetch_add(1, Ordering::Relaxed);
+    // Decrement even when the client goes away and the future is dropped.
+    struct InFlight<'a>(&'a std::sync::atomic::AtomicU64);
+    impl Drop for InFlight<'_> {
+        fn drop(&mut self) {
+            self.0.fetch_sub(1, Ordering::Relaxed);
+        }
+    }
+    let _guard = InFlight(&m.in_flight);
+    let method = req.method().clone();
+    let path = req.uri().path().to_owned();
+    let started = std::time::Instant::now();
+    let resp = next.run(req).await;
+    let status = resp.status();
+    if status.is_client_error() {
+        m.errors_4xx.fetch_add(1, Ordering::Relaxed);
+    } else if status.is_server_error() {
+        m.errors_5xx.fetch_add(1, Ordering::Relaxed);
+    }
+    tracing::info!(%method, %path, status = status.as_u16(), ms = started.elapsed().as_millis() as u64, "request");
+    resp
+}
+
+async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+    let mut addrs = tokio::net::lookup_host((host, port))
+        .await
+        .map_err(|e| format!("cannot resolve {host}: {e}"))?;
+    let all: Vec<SocketAddr> = addrs.by_ref().collect();
+    all.iter()
+        .find(|a| a.is_ipv4())
+        .or(all.first())
+        .copied()
+        .ok_or_else(|| format!("{host} resolves to no address"))
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! {
+        _ = ctrl_c => {},
+        _ = term => {},
+    }
+}

@@ -1,0 +1,48 @@
+//! The rest_wsgi surface (the seed): `POST /` with a JSON list of lowstates,
+//! each carrying its own credentials. Like rest_wsgi, the path is not
+//! looked at: every path behaves as `/`.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, Method, StatusCode};
+use axum::response::Response;
+use axum::Router;
+use serde_json::json;
+
+use crate::error::ApiError;
+use crate::{json_response, lowstate, read_body, AppState};
+
+/// The router of the rest_wsgi surface.
+pub fn router(state: AppState) -> Router {
+    Router::new().fallback(handle).with_state(state)
+}
+
+async fn handle(State(state): State<AppState>, req: Request<Body>) -> Result<Response, ApiError> {
+    match *req.method() {
+        Method::GET | Method::HEAD => Ok(json_response(
+            StatusCode::OK,
+            &json!("Welcome to halite, a REST API for Salt (rest_wsgi surface). POST a JSON list of lowstate objects to /."),
+        )),
+        Method::POST => {
+            let content_type = req
+                .headers()
+                .get(header::CONTENT_TYPE)
+                .and_then(|v| v.to_str().ok())
+                .unwrap_or("");
+            let mime = content_type.split(';').next().unwrap_or("").trim();
+            if !mime.eq_ignore_ascii_case("application/json") {
+                return Err(ApiError::not_acceptable(format!(
+                    "Content-Type must be application/json, not '{}'",
+                    if mime.is_empty() { "(none)" } else { mime }
+                )));
+            }
+            let body: Bytes = read_body(req.into_body(), state.limits.max_body).await?;
+            let parsed: serde_json::Value = serde_json::from_slice(&body)
+                .map_err(|e| ApiError::bad_request(format!("The body is not valid JSON: {e}")))?;
+            let chunks = lowstate::chunks_from_json(parsed, false)?;
+            let ret = lowstate::run_chunks(&state.netapi, chunks).await?;
+            Ok(json_response(StatusCode::OK, &json!({"return": ret})))
+        }
+        _ => Err(ApiError::method_not_allowed()),
+    }
+}

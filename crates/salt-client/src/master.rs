@@ -1,0 +1,115 @@
+//! [`Master`]: everything needed to talk to one Salt master — its config, the
+//! request channel and the shared event-bus subscription — behind one
+//! cheaply cloneable handle.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use rmpv::Value as Mp;
+
+use crate::config::MasterConfig;
+use crate::error::Result;
+use crate::events::EventBus;
+use crate::transport::RequestChannel;
+use crate::value;
+
+struct Inner {
+    config: Arc<MasterConfig>,
+    channel: RequestChannel,
+    bus: EventBus,
+    last_jid: Mutex<u128>,
+    requests: AtomicU64,
+}
+
+/// A handle on one Salt master. Clone it freely; all clones share one pool
+/// of request connections and one event-bus subscription.
+#[derive(Clone)]
+pub struct Master {
+    inner: Arc<Inner>,
+}
+
+impl Master {
+    /// Connect to the master described by `config`. Starts the event-bus
+    /// subscription in the background; does not wait for the master (a
+    /// master that is down now is picked up when it comes back).
+    pub fn new(config: MasterConfig) -> Self {
+        let config = Arc::new(config);
+        let addr = master_addr(&config);
+        let channel = RequestChannel::new(config.transport(), addr);
+        let bus = EventBus::start(&config);
+        Master {
+            inner: Arc::new(Inner {
+                config,
+                channel,
+                bus,
+                last_jid: Mutex::new(0),
+                requests: AtomicU64::new(0),
+            }),
+        }
+    }
+
+    /// The master config halite was started with.
+    pub fn config(&self) -> &MasterConfig {
+        &self.inner.config
+    }
+
+    /// The event bus subscription.
+    pub fn bus(&self) -> &EventBus {
+        &self.inner.bus
+    }
+
+    /// The request server address (`host:port`).
+    pub fn addr(&self) -> &str {
+        self.inner.channel.addr()
+    }
+
+    /// Requests sent since start.
+    pub fn requests_sent(&self) -> u64 {
+        self.inner.requests.load(Ordering::Relaxed)
+    }
+
+    /// Send one clear load (`{"cmd": ..., ...}`) and return the reply.
+    pub async fn request(&self, load: Mp, timeout: Duration) -> Result<Mp> {
+        self.inner.requests.fetch_add(1, Ordering::Relaxed);
+        self.inner.channel.send(load, timeout).await
+    }
+
+    /// Round-trip a `ping` (the cheapest liveness check).
+    pub async fn ping(&self, timeout: Duration) -> Result<()> {
+        let load = value::map([("cmd", Mp::from("ping"))]);
+        self.request(load, timeout).await.map(|_| ())
+    }
+
+    /// A new jid `YYYYMMDDhhmmssffffff` (UTC), strictly increasing within this
+    /// process, as Salt's `gen_jid` makes them.
+    pub fn new_jid(&self) -> String {
+        let now = chrono::Utc::now();
+        let candidate: u128 = now
+            .format("%Y%m%d%H%M%S%6f")
+            .to_string()
+            .parse()
+            .unwrap_or(0);
+        let mut last = self
+            .inner
+            .last_jid
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let jid = if candidate > *last {
+            candidate
+        } else {
+            *last + 1
+        };
+        *last = jid;
+        format!("{jid:020}")
+    }
+}
+
+fn master_addr(config: &MasterConfig) -> String {
+    let host = config.interface();
+    if host.contains(':') && !host.starts_with('[') {
+        format!("[{host}]:{}", config.ret_port())
+    } else {
+        format!("{host}:{}", config.ret_port())
+    }
+}

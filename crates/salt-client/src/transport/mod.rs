@@ -1,0 +1,259 @@
+//! The master's request channel (`ret_port`): clear-payload requests over the
+//! `zeromq` or `tcp` transport.
+//!
+//! Requests never share a connection while in flight (ZeroMQ replies carry no
+//! id), so there is no head-of-line blocking between callers. Idle connections
+//! are kept in a small pool and re-checked before reuse; a connection whose
+//! request timed out or failed is dropped, never reused. Each request makes at
+//! most one connection attempt, so a stopped master fails a call at once, and
+//! a restarted master is picked up by the next call.
+
+pub mod tcp;
+pub mod zmtp;
+
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use rmpv::Value as Mp;
+use tokio::sync::Semaphore;
+
+use crate::config::RequestTransport;
+use crate::error::{Result, SaltError};
+use crate::value;
+
+/// How long an idle connection may wait in the pool. Below 3008's 10 s
+/// heartbeat interval, so pooled sockets are never asked for a PONG.
+const MAX_IDLE: Duration = Duration::from_secs(5);
+/// Idle connections kept for reuse.
+const MAX_POOLED: usize = 64;
+/// Connections open at once (bounds file descriptors under any load).
+const MAX_OPEN: usize = 1024;
+/// How long establishing a connection may take.
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+enum Conn {
+    Zmq(zmtp::ZmtpConnection),
+    Tcp(tcp::TcpConnection),
+}
+
+impl Conn {
+    fn is_reusable(&mut self) -> bool {
+        match self {
+            Conn::Zmq(c) => c.is_reusable(),
+            Conn::Tcp(c) => c.is_reusable(),
+        }
+    }
+}
+
+/// A pool of connections to the master's request server.
+pub struct RequestChannel {
+    transport: RequestTransport,
+    addr: String,
+    idle: Mutex<Vec<(Conn, Instant)>>,
+    open: Semaphore,
+}
+
+impl RequestChannel {
+    /// A channel to `addr` (`host:port`) using `transport`.
+    pub fn new(transport: RequestTransport, addr: String) -> Self {
+        RequestChannel {
+            transport,
+            addr,
+            idle: Mutex::new(Vec::new()),
+            open: Semaphore::new(MAX_OPEN),
+        }
+    }
+
+    /// The address requests go to.
+    pub fn addr(&self) -> &str {
+        &self.addr
+    }
+
+    /// Send one clear `load` and return the master's decoded reply, unwrapping
+    /// the `{"enc": "clear", "load": ...}` envelope and turning Salt's error
+    /// replies into [`SaltError`]s.
+    pub async fn send(&self, load: Mp, timeout: Duration) -> Result<Mp> {
+        let envelope = value::map([
+            ("enc", Mp::from("clear")),
+            ("load", load),
+            ("version", Mp::from(3)),
+        ]);
+        let reply = self.exchange(envelope, timeout).await?;
+        interpret_reply(reply)
+    }
+
+    async fn exchange(&self, envelope: Mp, timeout: Duration) -> Result<Mp> {
+        let _permit = self
+            .open
+            .acquire()
+            .await
+            .map_err(|_| SaltError::Unreachable("request channel closed".into()))?;
+        let deadline = Instant::now() + timeout;
+        let mut conn = match self.checkout() {
+            Some(c) => c,
+            None => self.connect(deadline).await?,
+        };
+        let result = tokio::time::timeout_at(deadline.into(), async {
+            match &mut conn {
+                Conn::Zmq(c) => {
+                    let bytes = c
+                        .request(&value::encode(&envelope))
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    value::decode(&bytes).map_err(|e| format!("undecodable reply: {e}"))
+                }
+                Conn::Tcp(c) => c.request(envelope).await.map_err(|e| e.to_string()),
+            }
+        })
+        .await;
+        match result {
+            Ok(Ok(reply)) => {
+                self.checkin(conn);
+                Ok(reply)
+            }
+            Ok(Err(e)) => Err(SaltError::Unreachable(format!(
+                "connection to the Salt master at {} failed: {e}",
+                self.addr
+            ))),
+            Err(_) => Err(SaltError::Timeout(format!(
+                "the Salt master at {} did not answer within {:.1}s",
+                self.addr,
+                timeout.as_secs_f64()
+            ))),
+        }
+    }
+
+    fn checkout(&self) -> Option<Conn> {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        while let Some((mut conn, since)) = idle.pop() {
+            if since.elapsed() < MAX_IDLE && conn.is_reusable() {
+                return Some(conn);
+            }
+        }
+        None
+    }
+
+    fn checkin(&self, conn: Conn) {
+        let mut idle = self.idle.lock().unwrap_or_else(|p| p.into_inner());
+        if idle.len() < MAX_POOLED {
+            idle.push((conn, Instant::now()));
+        }
+    }
+
+    async fn connect(&self, deadline: Instant) -> Result<Conn> {
+        let limit = deadline
+            .saturating_duration_since(Instant::now())
+            .min(CONNECT_TIMEOUT);
+        let attempt = async {
+            match self.transport {
+                RequestTransport::Tcp => tcp::TcpConnection::connect(&self.addr)
+                    .await
+                    .map(Conn::Tcp)
+                    .map_err(|e| e.to_string()),
+                _ => zmtp::ZmtpConnection::connect(&self.addr)
+                    .await
+                    .map(Conn::Zmq)
+                    .map_err(|e| e.to_string()),
+            }
+        };
+        match tokio::time::timeout(limit, attempt).await {
+            Ok(Ok(conn)) => Ok(conn),
+            Ok(Err(e)) => Err(SaltError::Unreachable(format!(
+                "the Salt master at {} is not available: {e}",
+                self.addr
+            ))),
+            Err(_) => Err(SaltError::Unreachable(format!(
+                "the Salt master at {} is not available: connect timed out",
+                self.addr
+            ))),
+        }
+    }
+}
+
+/// Interpret a raw reply: unwrap the clear envelope, map Salt's error shapes.
+pub fn interpret_reply(reply: Mp) -> Result<Mp> {
+    match reply.as_str() {
+        Some("Some exception handling minion payload") => {
+            return Err(SaltError::Master(
+                "the Salt master raised an exception handling the request (a required field may be missing)".into(),
+            ))
+        }
+        Some(s @ ("bad load" | "payload and load must be a dict")) => {
+            return Err(SaltError::Master(format!("the Salt master rejected the request: {s}")))
+        }
+        _ => {}
+    }
+    if let Some(err) = value::get(&reply, "error") {
+        if let Some(name) = value::get(err, "name").and_then(Mp::as_str) {
+            let message = value::get(err, "message")
+                .and_then(Mp::as_str)
+                .unwrap_or("");
+            return Err(SaltError::from_master(name, message));
+        }
+        if let Some(text) = err.as_str() {
+            return Err(SaltError::Master(format!(
+                "the Salt master answered: {text}"
+            )));
+        }
+    }
+    if value::get(&reply, "enc").and_then(Mp::as_str) == Some("clear") {
+        if let Some(load) = value::get(&reply, "load") {
+            return Ok(load.clone());
+        }
+    }
+    Ok(reply)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn mp(j: serde_json::Value) -> Mp {
+        value::from_json(&j)
+    }
+
+    #[test]
+    fn master_errors_become_typed_errors() {
+        // Shapes from probe p03 (results/p03_3008.txt).
+        let e = interpret_reply(mp(
+            json!({"error": {"name": "AuthenticationError", "message": "Authentication error occurred."}}),
+        ));
+        assert_eq!(
+            e,
+            Err(SaltError::Authentication(
+                "Authentication error occurred.".into()
+            ))
+        );
+        let e = interpret_reply(mp(
+            json!({"error": {"name": "AuthorizationError", "message": "Authorization error occurred."}}),
+        ));
+        assert!(matches!(e, Err(SaltError::Authorization(_))));
+        let e = interpret_reply(mp(
+            json!({"error": {"name": "TokenAuthenticationError", "message": "x"}}),
+        ));
+        assert!(matches!(e, Err(SaltError::Token(_))));
+        let e = interpret_reply(mp(json!("Some exception handling minion payload")));
+        assert!(matches!(e, Err(SaltError::Master(_))));
+        let e = interpret_reply(mp(json!("bad load")));
+        assert!(matches!(e, Err(SaltError::Master(_))));
+        let e = interpret_reply(mp(json!({"error": "Routing error"})));
+        assert!(matches!(e, Err(SaltError::Master(_))));
+    }
+
+    #[test]
+    fn clear_envelope_is_unwrapped() {
+        let r = interpret_reply(mp(
+            json!({"enc": "clear", "load": {"jid": "1", "minions": ["a"]}}),
+        ));
+        assert_eq!(
+            r.map(|v| value::to_json(&v)),
+            Ok(json!({"jid": "1", "minions": ["a"]}))
+        );
+        let r = interpret_reply(mp(json!({"jid": "2", "tag": "salt/run/2"})));
+        assert_eq!(
+            r.map(|v| value::to_json(&v)),
+            Ok(json!({"jid": "2", "tag": "salt/run/2"}))
+        );
+    }
+}

@@ -1,0 +1,99 @@
+//! Salt's `tcp` request transport: a byte stream of concatenated msgpack maps
+//! `{"head": {"mid": <id>}, "body": <envelope>}`, the reply echoing `head`
+//! (salt-protocol §3.2). One request per connection at a time: the master
+//! serves one connection's requests one after another anyway.
+
+use bytes::{Buf, BytesMut};
+use rmpv::Value as Mp;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::value;
+
+/// Errors of the tcp transport.
+#[derive(Debug, thiserror::Error)]
+pub enum TcpError {
+    #[error("i/o: {0}")]
+    Io(#[from] std::io::Error),
+    #[error("peer closed the connection")]
+    Closed,
+    #[error("protocol: {0}")]
+    Protocol(String),
+}
+
+/// Wrap an encoded envelope in the `{head, body}` frame.
+pub fn frame(mid: &str, envelope: Mp) -> Vec<u8> {
+    value::encode(&value::map([
+        ("head", value::map([("mid", Mp::from(mid))])),
+        ("body", envelope),
+    ]))
+}
+
+/// One connection to the master's `ret_port` speaking the tcp transport.
+pub struct TcpConnection {
+    stream: TcpStream,
+    buf: BytesMut,
+}
+
+impl TcpConnection {
+    /// Connect (no handshake in this transport).
+    pub async fn connect(addr: &str) -> Result<Self, TcpError> {
+        let stream = TcpStream::connect(addr).await?;
+        stream.set_nodelay(true)?;
+        Ok(TcpConnection {
+            stream,
+            buf: BytesMut::with_capacity(8 * 1024),
+        })
+    }
+
+    /// Send `envelope` and return the reply `body` whose head echoes our id.
+    pub async fn request(&mut self, envelope: Mp) -> Result<Mp, TcpError> {
+        let mid = uuid::Uuid::new_v4().to_string();
+        self.stream.write_all(&frame(&mid, envelope)).await?;
+        loop {
+            match value::decode_prefix(&self.buf).map_err(|e| TcpError::Protocol(e.to_string()))? {
+                Some((msg, used)) => {
+                    self.buf.advance(used);
+                    let echoed = value::get(&msg, "head").and_then(|h| value::get(h, "mid"));
+                    if echoed.and_then(Mp::as_str) != Some(mid.as_str()) {
+                        // A reply to an earlier, abandoned request: skip it.
+                        continue;
+                    }
+                    return value::get(&msg, "body")
+                        .cloned()
+                        .ok_or_else(|| TcpError::Protocol("reply without body".into()));
+                }
+                None => {
+                    if self.buf.capacity() - self.buf.len() < 4096 {
+                        self.buf.reserve(16 * 1024);
+                    }
+                    if self.stream.read_buf(&mut self.buf).await? == 0 {
+                        return Err(TcpError::Closed);
+                    }
+                }
+            }
+        }
+    }
+
+    /// True when the idle connection is still open and has nothing pending.
+    pub fn is_reusable(&mut self) -> bool {
+        let mut probe = [0u8; 1];
+        matches!(self.stream.try_read(&mut probe), Err(e) if e.kind() == std::io::ErrorKind::WouldBlock)
+            && self.buf.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frame_is_head_mid_and_body() {
+        let bytes = frame("abc", value::map([("enc", Mp::from("clear"))]));
+        let decoded = value::decode(&bytes).expect("decodes");
+        assert_eq!(
+            value::to_json(&decoded),
+            serde_json::json!({"head": {"mid": "abc"}, "body": {"enc": "clear"}})
+        );
+    }
+}

@@ -1,0 +1,252 @@
+//! Salt's msgpack values, decoded once and converted to JSON in one place.
+//!
+//! Salt packs request replies with `use_bin_type=False` (every string and every
+//! bytes value is a msgpack *str*, possibly not valid UTF-8) and event data with
+//! `use_bin_type=True` (bytes are *bin*). Python's salt-api decodes raw and then
+//! turns every valid UTF-8 byte string into `str`; the JSON it emits follows
+//! from that. This module reproduces the same mapping so that the rest of
+//! halite only ever sees `serde_json::Value`.
+
+use rmpv::Value as Mp;
+use serde_json::{Map, Number, Value as Json};
+
+/// Salt's msgpack extension type for `datetime` (payload `%Y%m%dT%H:%M:%S.%f`).
+pub const EXT_DATETIME: i8 = 78;
+/// Salt's msgpack extension type for `salt.utils.odict._Constant` (`[name, value]`).
+pub const EXT_CONSTANT: i8 = 79;
+
+/// Decode one complete msgpack item from `bytes`.
+///
+/// Errors when the bytes are truncated or not msgpack; trailing bytes are
+/// ignored (callers that stream use [`decode_prefix`]).
+pub fn decode(bytes: &[u8]) -> Result<Mp, rmpv::decode::Error> {
+    let mut cursor = bytes;
+    rmpv::decode::read_value(&mut cursor)
+}
+
+/// Decode one msgpack item from the start of `bytes`, returning it with the
+/// number of bytes it used, or `Ok(None)` when more bytes are needed.
+pub fn decode_prefix(bytes: &[u8]) -> Result<Option<(Mp, usize)>, rmpv::decode::Error> {
+    let mut cursor = bytes;
+    match rmpv::decode::read_value(&mut cursor) {
+        Ok(v) => Ok(Some((v, bytes.len() - cursor.len()))),
+        Err(e) if is_eof(&e) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
+fn is_eof(e: &rmpv::decode::Error) -> bool {
+    use rmpv::decode::Error::*;
+    match e {
+        InvalidMarkerRead(io) | InvalidDataRead(io) => {
+            io.kind() == std::io::ErrorKind::UnexpectedEof
+        }
+        _ => false,
+    }
+}
+
+/// Encode a msgpack value the way Salt's clients do (strings as msgpack `str`).
+pub fn encode(value: &Mp) -> Vec<u8> {
+    let mut out = Vec::with_capacity(128);
+    // Writing into a Vec cannot fail.
+    let _ = rmpv::encode::write_value(&mut out, value);
+    out
+}
+
+/// Convert a decoded Salt value to JSON exactly as Python salt-api would emit it.
+///
+/// * str/bin that is valid UTF-8 becomes a JSON string; other bytes become a
+///   string with U+FFFD replacement characters (Python salt-api cannot
+///   serialise such bytes at all and answers 500).
+/// * map keys that are not strings (integers, booleans, nil) become their JSON
+///   text, as `json.dumps` does (`1` → `"1"`, `True` → `"true"`, `None` → `"null"`).
+/// * integers keep their full 64-bit range; NaN and infinities become `null`.
+/// * ext 78 (datetime) becomes its ISO text; ext 79 (constant) its value.
+pub fn to_json(value: &Mp) -> Json {
+    match value {
+        Mp::Nil => Json::Null,
+        Mp::Boolean(b) => Json::Bool(*b),
+        Mp::Integer(i) => {
+            if let Some(u) = i.as_u64() {
+                Json::Number(u.into())
+            } else if let Some(s) = i.as_i64() {
+                Json::Number(s.into())
+            } else {
+                Json::Null
+            }
+        }
+        Mp::F32(f) => float(f64::from(*f)),
+        Mp::F64(f) => float(*f),
+        Mp::String(s) => Json::String(match s.as_str() {
+            Some(s) => s.to_owned(),
+            None => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        }),
+        Mp::Binary(b) => Json::String(String::from_utf8_lossy(b).into_owned()),
+        Mp::Array(items) => Json::Array(items.iter().map(to_json).collect()),
+        Mp::Map(pairs) => {
+            let mut map = Map::with_capacity(pairs.len());
+            for (k, v) in pairs {
+                map.insert(key_text(k), to_json(v));
+            }
+            Json::Object(map)
+        }
+        Mp::Ext(code, data) => ext_to_json(*code, data),
+    }
+}
+
+fn float(f: f64) -> Json {
+    Number::from_f64(f).map(Json::Number).unwrap_or(Json::Null)
+}
+
+fn ext_to_json(code: i8, data: &[u8]) -> Json {
+    match code {
+        EXT_DATETIME => {
+            let text = String::from_utf8_lossy(data);
+            // %Y%m%dT%H:%M:%S.%f -> YYYY-MM-DDTHH:MM:SS.ffffff
+            if text.len() >= 8
+                && text.is_char_boundary(8)
+                && text.as_bytes()[..8].iter().all(u8::is_ascii_digit)
+            {
+                Json::String(format!(
+                    "{}-{}-{}{}",
+                    &text[0..4],
+                    &text[4..6],
+                    &text[6..8],
+                    &text[8..]
+                ))
+            } else {
+                Json::String(text.into_owned())
+            }
+        }
+        EXT_CONSTANT => match decode(data) {
+            Ok(Mp::Array(parts)) if parts.len() == 2 => to_json(&parts[1]),
+            Ok(other) => to_json(&other),
+            Err(_) => Json::Null,
+        },
+        _ => Json::String(String::from_utf8_lossy(data).into_owned()),
+    }
+}
+
+/// The JSON object key Python's `json.dumps` writes for a dict key.
+fn key_text(key: &Mp) -> String {
+    match key {
+        Mp::String(s) => match s.as_str() {
+            Some(s) => s.to_owned(),
+            None => String::from_utf8_lossy(s.as_bytes()).into_owned(),
+        },
+        Mp::Binary(b) => String::from_utf8_lossy(b).into_owned(),
+        Mp::Nil => "null".to_owned(),
+        Mp::Boolean(b) => b.to_string(),
+        Mp::Integer(i) => i.to_string(),
+        Mp::F32(f) => f.to_string(),
+        Mp::F64(f) => f.to_string(),
+        other => to_json(other).to_string(),
+    }
+}
+
+/// Convert JSON (a lowstate from an HTTP client) to the msgpack value sent to
+/// the master. Strings become msgpack `str`, as Salt's own clients send them.
+pub fn from_json(value: &Json) -> Mp {
+    match value {
+        Json::Null => Mp::Nil,
+        Json::Bool(b) => Mp::Boolean(*b),
+        Json::Number(n) => {
+            if let Some(u) = n.as_u64() {
+                Mp::from(u)
+            } else if let Some(i) = n.as_i64() {
+                Mp::from(i)
+            } else {
+                Mp::F64(n.as_f64().unwrap_or(0.0))
+            }
+        }
+        Json::String(s) => Mp::from(s.as_str()),
+        Json::Array(items) => Mp::Array(items.iter().map(from_json).collect()),
+        Json::Object(map) => Mp::Map(
+            map.iter()
+                .map(|(k, v)| (Mp::from(k.as_str()), from_json(v)))
+                .collect(),
+        ),
+    }
+}
+
+/// Look up `key` in a msgpack map whose keys are strings.
+pub fn get<'a>(map: &'a Mp, key: &str) -> Option<&'a Mp> {
+    match map {
+        Mp::Map(pairs) => pairs
+            .iter()
+            .find(|(k, _)| k.as_str() == Some(key))
+            .map(|(_, v)| v),
+        _ => None,
+    }
+}
+
+/// Build a msgpack map from string keys.
+pub fn map<I, K>(pairs: I) -> Mp
+where
+    I: IntoIterator<Item = (K, Mp)>,
+    K: Into<String>,
+{
+    Mp::Map(
+        pairs
+            .into_iter()
+            .map(|(k, v)| (Mp::from(k.into()), v))
+            .collect(),
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn non_utf8_str_becomes_replacement_text() {
+        // msgpack fixstr of length 2 holding 0x00 0xff (what Salt sends for b"\x00\xff")
+        let v = decode(&[0xa2, 0x00, 0xff]).expect("decodes");
+        assert_eq!(to_json(&v), json!("\u{0}\u{fffd}"));
+    }
+
+    #[test]
+    fn integer_and_bool_keys_follow_json_dumps() {
+        // {1: "a", true: "b", nil: "c"}
+        let v =
+            decode(&[0x83, 0x01, 0xa1, b'a', 0xc3, 0xa1, b'b', 0xc0, 0xa1, b'c']).expect("decodes");
+        assert_eq!(to_json(&v), json!({"1": "a", "true": "b", "null": "c"}));
+    }
+
+    #[test]
+    fn large_integers_keep_full_range() {
+        let v = decode(&[0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff]).expect("decodes");
+        assert_eq!(to_json(&v), json!(u64::MAX));
+        let v = decode(&[0xd3, 0x80, 0, 0, 0, 0, 0, 0, 0]).expect("decodes");
+        assert_eq!(to_json(&v), json!(i64::MIN));
+    }
+
+    #[test]
+    fn datetime_ext_becomes_iso_text() {
+        let payload = b"20261126T20:37:24.123608";
+        let mut bytes = vec![0xc7, payload.len() as u8, EXT_DATETIME as u8];
+        bytes.extend_from_slice(payload);
+        assert_eq!(
+            to_json(&decode(&bytes).expect("decodes")),
+            json!("2026-11-26T20:37:24.123608")
+        );
+    }
+
+    #[test]
+    fn decode_prefix_asks_for_more_bytes() {
+        let full = encode(&from_json(&json!({"tag": "x", "data": [1, 2, 3]})));
+        assert!(decode_prefix(&full[..full.len() - 1])
+            .expect("no error")
+            .is_none());
+        let (v, used) = decode_prefix(&full).expect("no error").expect("complete");
+        assert_eq!(used, full.len());
+        assert_eq!(to_json(&v), json!({"tag": "x", "data": [1, 2, 3]}));
+    }
+
+    #[test]
+    fn json_round_trip_keeps_nesting() {
+        let j = json!({"a": [1, -2, 3.5, "s", null, true, {"b": {}}]});
+        assert_eq!(to_json(&from_json(&j)), j);
+    }
+}
