@@ -7,6 +7,7 @@
 mod error;
 mod lowstate;
 mod metrics;
+mod pyjson;
 mod serve;
 mod settings;
 mod wsgi;
@@ -148,9 +149,10 @@ pub fn app_state(master: Master, limits: Limits) -> AppState {
     }
 }
 
-/// A JSON response with an exact `Content-Length` (bytes, not characters).
+/// A JSON response, written as Python's `json.dumps` writes it, with an
+/// exact `Content-Length` (bytes, not characters).
 pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
-    let bytes = serde_json::to_vec(body)
+    let bytes = pyjson::to_vec(body)
         .unwrap_or_else(|_| b"{\"return\": \"unserialisable result\"}".to_vec());
     let mut resp = Response::new(Body::from(bytes));
     *resp.status_mut() = status;
