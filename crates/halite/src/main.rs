@@ -2,8 +2,10 @@
 //!
 //! Reads the master config, connects to the master (request channel and one
 //! event-bus subscription shared by every request), and serves each surface
-//! configured there: `rest_wsgi` (see `wsgi.rs`).
+//! configured there: `rest_wsgi` (see `wsgi.rs`) and `rest_cherrypy` (see
+//! `cherrypy/`), all sharing one connection to the master.
 
+mod cherrypy;
 mod error;
 mod lowstate;
 mod metrics;
@@ -104,7 +106,7 @@ fn main() -> std::process::ExitCode {
     }
     if surfaces.is_empty() {
         eprintln!(
-            "halite: nothing to serve: {} has no rest_wsgi section (add `rest_wsgi: {{port: 8001}}` or pass --port)",
+            "halite: nothing to serve: {} has no rest_wsgi or rest_cherrypy section (add `rest_wsgi: {{port: 8001}}` or pass --port)",
             config.path().display()
         );
         return std::process::ExitCode::from(2);

@@ -10,7 +10,11 @@ use serde_json::ser::{CharEscape, Formatter};
 struct PythonFormatter;
 
 impl Formatter for PythonFormatter {
-    fn begin_array_value<W: ?Sized + io::Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
+    fn begin_array_value<W: ?Sized + io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
         if first {
             Ok(())
         } else {
@@ -18,7 +22,11 @@ impl Formatter for PythonFormatter {
         }
     }
 
-    fn begin_object_key<W: ?Sized + io::Write>(&mut self, w: &mut W, first: bool) -> io::Result<()> {
+    fn begin_object_key<W: ?Sized + io::Write>(
+        &mut self,
+        w: &mut W,
+        first: bool,
+    ) -> io::Result<()> {
         if first {
             Ok(())
         } else {
@@ -30,7 +38,11 @@ impl Formatter for PythonFormatter {
         w.write_all(b": ")
     }
 
-    fn write_string_fragment<W: ?Sized + io::Write>(&mut self, w: &mut W, fragment: &str) -> io::Result<()> {
+    fn write_string_fragment<W: ?Sized + io::Write>(
+        &mut self,
+        w: &mut W,
+        fragment: &str,
+    ) -> io::Result<()> {
         // ensure_ascii=True: escape everything outside ASCII as \uXXXX.
         let mut start = 0;
         for (i, c) in fragment.char_indices() {
@@ -46,7 +58,11 @@ impl Formatter for PythonFormatter {
         w.write_all(&fragment.as_bytes()[start..])
     }
 
-    fn write_char_escape<W: ?Sized + io::Write>(&mut self, w: &mut W, escape: CharEscape) -> io::Result<()> {
+    fn write_char_escape<W: ?Sized + io::Write>(
+        &mut self,
+        w: &mut W,
+        escape: CharEscape,
+    ) -> io::Result<()> {
         let s: &[u8] = match escape {
             CharEscape::Quote => b"\\\"",
             CharEscape::ReverseSolidus => b"\\\\",
@@ -85,6 +101,9 @@ mod tests {
             String::from_utf8(to_vec(&v).expect("serialises")).expect("ascii"),
             r#"{"return": [{"ms-0": true, "\u00e9": [1, "x\n"]}]}"#
         );
-        assert_eq!(to_vec(&json!("😀")).expect("serialises"), br#""\ud83d\ude00""#.to_vec());
+        assert_eq!(
+            to_vec(&json!("😀")).expect("serialises"),
+            br#""\ud83d\ude00""#.to_vec()
+        );
     }
 }

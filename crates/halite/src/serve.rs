@@ -13,7 +13,7 @@ use salt_client::config::MasterConfig;
 use salt_client::master::Master;
 
 use crate::settings::{Surface, SurfaceKind};
-use crate::{app_state, metrics, wsgi, AppState, Limits};
+use crate::{app_state, cherrypy, metrics, wsgi, AppState, Limits};
 
 /// Serve every surface until SIGINT/SIGTERM.
 pub async fn run(config: MasterConfig, surfaces: Vec<Surface>) -> Result<(), String> {
@@ -28,13 +28,18 @@ pub async fn run(config: MasterConfig, surfaces: Vec<Surface>) -> Result<(), Str
             },
         );
         let app = router_for(&surface, state);
+        // rest_cherrypy accepts `/login/` as `/login` (CherryPy's trailing_slash tool).
+        let app = Router::new().fallback_service(tower::Layer::layer(
+            &tower_http::normalize_path::NormalizePathLayer::trim_trailing_slash(),
+            app,
+        ));
         let addr = resolve(&surface.host, surface.port).await?;
         let h = handle.clone();
         let name = surface.kind.section();
         match &surface.tls {
             Some((crt, key)) => {
                 let _ = rustls::crypto::ring::default_provider().install_default();
-                let tls = RustlsConfig::from_pem_file(crt, key)
+                let tls = tls_config(crt, key, surface.tls_chain.as_deref())
                     .await
                     .map_err(|e| format!("{name}: cannot load TLS certificate/key: {e}"))?;
                 let listener = std::net::TcpListener::bind(addr)
@@ -84,6 +89,7 @@ pub fn router_for(surface: &Surface, state: AppState) -> Router {
         SurfaceKind::Wsgi => metrics::routes()
             .with_state(state.clone())
             .merge(wsgi::router(state.clone())),
+        SurfaceKind::Cherrypy => cherrypy::router(state.clone(), surface.cherrypy.clone()),
     };
     app.layer(middleware::from_fn_with_state(state, account))
 }
@@ -112,6 +118,23 @@ async fn account(State(state): State<AppState>, req: Request, next: Next) -> Res
     }
     tracing::info!(%method, %path, status = status.as_u16(), ms = started.elapsed().as_millis() as u64, "request");
     resp
+}
+
+/// The certificate (plus the `ssl_chain` intermediates) and key.
+async fn tls_config(
+    crt: &std::path::Path,
+    key: &std::path::Path,
+    chain: Option<&std::path::Path>,
+) -> std::io::Result<RustlsConfig> {
+    let mut cert = tokio::fs::read(crt).await?;
+    if let Some(chain) = chain {
+        if !cert.ends_with(b"\n") {
+            cert.push(b'\n');
+        }
+        cert.extend(tokio::fs::read(chain).await?);
+    }
+    let key = tokio::fs::read(key).await?;
+    RustlsConfig::from_pem(cert, key).await
 }
 
 async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {

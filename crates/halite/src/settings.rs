@@ -15,14 +15,34 @@ pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 pub enum SurfaceKind {
     /// The seed: `rest_wsgi`.
     Wsgi,
+    /// salt-api's full URL map: `rest_cherrypy`.
+    Cherrypy,
 }
 
 impl SurfaceKind {
     pub fn section(self) -> &'static str {
         match self {
             SurfaceKind::Wsgi => "rest_wsgi",
+            SurfaceKind::Cherrypy => "rest_cherrypy",
         }
     }
+}
+
+/// The rest_cherrypy options halite honours. Options that make no sense for
+/// halite (`thread_pool`, `socket_queue_size`, `expire_responses`, `debug`
+/// reloading, `collect_stats`, `log_access_file`, `log_error_file`) are
+/// accepted and ignored.
+#[derive(Debug, Clone, Default)]
+pub struct CherrypyOptions {
+    pub root_prefix: String,
+    pub webhook_url: String,
+    pub webhook_disable_auth: bool,
+    pub stats_disable_auth: bool,
+    pub enable_sessions: bool,
+    pub static_dir: Option<PathBuf>,
+    pub static_path: String,
+    pub app: Option<PathBuf>,
+    pub app_path: String,
 }
 
 /// One surface to serve.
@@ -32,7 +52,32 @@ pub struct Surface {
     pub host: String,
     pub port: u16,
     pub tls: Option<(PathBuf, PathBuf)>,
+    /// Intermediate certificates appended to the served chain (`ssl_chain`).
+    pub tls_chain: Option<PathBuf>,
     pub max_body: usize,
+    /// Only for the rest_cherrypy surface.
+    pub cherrypy: CherrypyOptions,
+}
+
+fn bool_of(section: &Map<String, Json>, key: &str, default: bool) -> bool {
+    match section.get(key) {
+        Some(Json::Bool(b)) => *b,
+        Some(Json::String(s)) => {
+            matches!(s.to_ascii_lowercase().as_str(), "true" | "yes" | "on" | "1")
+        }
+        Some(Json::Number(n)) => n.as_f64().is_some_and(|v| v != 0.0),
+        _ => default,
+    }
+}
+
+fn url_path(section: &Map<String, Json>, key: &str, default: &str) -> String {
+    let raw = str_of(section, key).unwrap_or_else(|| default.to_owned());
+    let trimmed = raw.trim_matches('/');
+    if trimmed.is_empty() {
+        String::new()
+    } else {
+        format!("/{trimmed}")
+    }
 }
 
 fn port_of(section: &Map<String, Json>) -> Result<Option<u16>, String> {
@@ -101,10 +146,47 @@ pub fn surfaces(config: &MasterConfig, cli: &Cli) -> Result<Vec<Surface>, String
             host,
             port,
             tls,
+            tls_chain: None,
             max_body: body_limit(section).map_err(|e| format!("rest_wsgi: {e}"))?,
+            cherrypy: CherrypyOptions::default(),
         });
     } else if wsgi.is_some() {
         return Err("rest_wsgi: the section needs a port".into());
+    }
+    if let Some(section) = config.section("rest_cherrypy") {
+        let port = port_of(section)
+            .map_err(|e| format!("rest_cherrypy: {e}"))?
+            .unwrap_or(8000);
+        let host = str_of(section, "host").unwrap_or_else(|| "0.0.0.0".into());
+        let disable_ssl = bool_of(section, "disable_ssl", false);
+        let tls = match (str_of(section, "ssl_crt"), str_of(section, "ssl_key")) {
+            (Some(c), Some(k)) if !disable_ssl => Some((PathBuf::from(c), PathBuf::from(k))),
+            _ if disable_ssl => None,
+            _ => {
+                return Err("rest_cherrypy: options 'ssl_crt' and 'ssl_key' are required unless 'disable_ssl: True' \
+                     (as salt-api requires)"
+                    .into())
+            }
+        };
+        out.push(Surface {
+            kind: SurfaceKind::Cherrypy,
+            host,
+            port,
+            tls,
+            tls_chain: str_of(section, "ssl_chain").map(PathBuf::from),
+            max_body: body_limit(section).map_err(|e| format!("rest_cherrypy: {e}"))?,
+            cherrypy: CherrypyOptions {
+                root_prefix: url_path(section, "root_prefix", "/"),
+                webhook_url: url_path(section, "webhook_url", "/hook"),
+                webhook_disable_auth: bool_of(section, "webhook_disable_auth", false),
+                stats_disable_auth: bool_of(section, "stats_disable_auth", false),
+                enable_sessions: bool_of(section, "enable_sessions", true),
+                static_dir: str_of(section, "static").map(PathBuf::from),
+                static_path: url_path(section, "static_path", "/static"),
+                app: str_of(section, "app").map(PathBuf::from),
+                app_path: url_path(section, "app_path", "/app"),
+            },
+        });
     }
     Ok(out)
 }
@@ -152,7 +234,7 @@ pub fn check_config(config: &MasterConfig, surfaces: &[Surface]) -> std::process
         }
     }
     if surfaces.is_empty() {
-        problems.push("no surface configured (rest_wsgi)".into());
+        problems.push("no surface configured (rest_wsgi or rest_cherrypy)".into());
     }
     if matches!(
         config.transport(),

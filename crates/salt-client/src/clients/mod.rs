@@ -20,6 +20,7 @@ use crate::error::{Result, SaltError};
 use crate::master::Master;
 
 pub use local::{LocalJob, PubReply};
+pub use runner::yamlify_arg;
 
 /// One lowstate chunk: the JSON object an HTTP client sent.
 pub type Lowstate = Map<String, Json>;

@@ -66,7 +66,7 @@ pub fn parse_input(args: Vec<Json>) -> (Vec<Json>, Map<String, Json>) {
         match arg {
             Json::String(s) => match kwarg_re.captures(&s) {
                 Some(c) if !c[2].starts_with('=') => {
-                    kwargs.insert(c[1].to_owned(), yamlify(&c[2]));
+                    kwargs.insert(c[1].to_owned(), yamlify_arg(&c[2]));
                 }
                 _ => out_args.push(Json::String(s)),
             },
@@ -82,7 +82,7 @@ pub fn parse_input(args: Vec<Json>) -> (Vec<Json>, Map<String, Json>) {
 
 /// `salt.utils.args.yamlify_arg`, simplified: a value that YAML reads as a
 /// number, boolean, null, list or map becomes that; anything else stays text.
-fn yamlify(text: &str) -> Json {
+pub fn yamlify_arg(text: &str) -> Json {
     if text.is_empty() || text.trim() != text || text.contains('#') {
         return Json::String(text.to_owned());
     }

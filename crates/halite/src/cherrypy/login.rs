@@ -1,0 +1,201 @@
+//! `/login`, `/logout` and `/token`.
+//!
+//! `/login` mints a token with the master's `mk_token` and returns the
+//! master's token itself (Python salt-api returns a CherryPy session id that
+//! no other server understands; see compat-notes). The same fields as
+//! salt-api: `token`, `start`, `expire`, `user`, `eauth`, `perms`.
+
+use std::net::SocketAddr;
+
+use axum::body::Body;
+use axum::extract::{ConnectInfo, State};
+use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::response::Response;
+use salt_client::auth;
+use serde_json::{json, Map, Value as Json};
+
+use super::format::{self, Format};
+use super::lowdata::{exec, parse};
+use super::{session, CpState};
+use crate::error::ApiError;
+
+/// `GET /login`: how to log in.
+pub async fn login_get(fmt: Format) -> Response {
+    let mut resp = fmt.ok(&json!({"status": 200, "return": "Please log in"}));
+    resp.headers_mut().insert(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Session"),
+    );
+    resp
+}
+
+fn creds_of(data: Option<Json>) -> Result<Map<String, Json>, ApiError> {
+    match data {
+        None => Err(ApiError::bad_request(
+            "A body with 'eauth', 'username' and 'password' is required",
+        )),
+        Some(Json::Array(mut items)) if !items.is_empty() => match items.swap_remove(0) {
+            Json::Object(m) => Ok(m),
+            _ => Err(ApiError::bad_request("The credentials must be an object")),
+        },
+        Some(Json::Object(m)) => Ok(m),
+        Some(_) => Err(ApiError::bad_request("The credentials must be an object")),
+    }
+}
+
+/// `POST /login`.
+pub async fn login_post(
+    State(state): State<CpState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
+    fmt: Format,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let master = state.app.netapi.master().clone();
+    let r = async {
+        let parsed = parse(&state, &headers, body).await?;
+        let creds = creds_of(parsed.data)?;
+        let field = |k: &str| creds.get(k).and_then(Json::as_str).unwrap_or("").to_owned();
+        let (eauth, username, password) = (field("eauth"), field("username"), field("password"));
+        if let Some(wait) = state.throttle.retry_after(&username, Some(peer.ip())) {
+            return Err(ApiError::new(
+                StatusCode::TOO_MANY_REQUESTS,
+                format!("Too many failed logins; try again in {wait} s"),
+            ));
+        }
+        let mut extra = Map::new();
+        if let Some(v) = creds.get("token_expire") {
+            extra.insert("token_expire".into(), v.clone());
+        }
+        let token = match auth::mk_token(&master, &eauth, &username, &password, &extra).await? {
+            Some(t) => t,
+            None => {
+                state.throttle.failed(&username, Some(peer.ip()));
+                tracing::info!(user = %username, eauth = %eauth, peer = %peer.ip(), "login failed");
+                return Err(ApiError::unauthorized(
+                    "Could not authenticate using provided credentials",
+                ));
+            }
+        };
+        state.throttle.succeeded(&username);
+        let perms = auth::permissions(&master.config().external_auth(), &token);
+        let value = |k: &str| token.get(k).cloned().unwrap_or(Json::Null);
+        let t = value("token").as_str().unwrap_or_default().to_owned();
+        let expire = value("expire");
+        let body = json!({"return": [{
+            "token": t,
+            "expire": expire,
+            "start": value("start"),
+            "user": value("name"),
+            "eauth": value("eauth"),
+            "perms": if perms.is_empty() { json!({}) } else { Json::Array(perms) },
+        }]});
+        Ok((t, expire.as_f64().unwrap_or(0.0), body))
+    };
+    match r.await {
+        Ok((token, expire, body)) => {
+            let mut resp = fmt.ok(&body);
+            let h = resp.headers_mut();
+            if let Ok(v) = HeaderValue::from_str(&token) {
+                h.insert("x-auth-token", v);
+            }
+            let expires = chrono::DateTime::from_timestamp(expire as i64, 0)
+                .map(|d| d.format("%a, %d %b %Y %H:%M:%S GMT").to_string())
+                .unwrap_or_default();
+            if let Ok(v) =
+                HeaderValue::from_str(&format!("session_id={token}; expires={expires}; Path=/"))
+            {
+                h.insert(header::SET_COOKIE, v);
+            }
+            resp
+        }
+        Err(e) => fmt.error(e),
+    }
+}
+
+/// `POST /logout`: revoke the token on the master and expire the cookie.
+pub async fn logout(State(state): State<CpState>, fmt: Format, headers: HeaderMap) -> Response {
+    let master = state.app.netapi.master().clone();
+    let r = async {
+        let token = session::require_token(&headers)?;
+        session::validate(&master, &token).await?;
+        let revoked = revoke(&state, &token).await;
+        Ok(if revoked {
+            json!({"return": "Your token has been cleared"})
+        } else {
+            json!({"return": "Your session has been cleared, but the token could not be revoked on the master; it stays valid until it expires"})
+        })
+    };
+    match r.await {
+        Ok(v) => {
+            let mut resp = fmt.ok(&v);
+            resp.headers_mut().insert(
+                header::SET_COOKIE,
+                HeaderValue::from_static(
+                    "session_id=; expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/",
+                ),
+            );
+            resp
+        }
+        Err(e) => fmt.error(e),
+    }
+}
+
+/// Remove a token from the master's token store. There is no clear command
+/// for it (salt-protocol §3.5.4): salt-api deletes it in-process from the
+/// store on disk, and so does halite (it runs on the master host as the
+/// master user), then checks with `get_token`; the `auth.del_token` runner
+/// is the fallback for a store halite cannot reach (works on 3006/3007).
+async fn revoke(state: &CpState, token: &str) -> bool {
+    let master = state.app.netapi.master();
+    if auth::validate_token_text(token).is_err() {
+        return false;
+    }
+    let dir = master.config().token_dir();
+    for path in [dir.join(token), dir.join(format!("{token}.p"))] {
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => tracing::debug!(path = %path.display(), "token removed"),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => tracing::warn!(error = %e, "cannot remove a token file"),
+        }
+    }
+    if matches!(auth::get_token(master, token).await, Ok(None)) {
+        return true;
+    }
+    let chunk = json!({"client": "runner", "fun": "auth.del_token", "token": token, "kwarg": {"token": token}});
+    if let Json::Object(m) = chunk {
+        let _ = exec(state, vec![m], None, None).await;
+    }
+    matches!(auth::get_token(master, token).await, Ok(None))
+}
+
+/// `POST /token`: tokens through the `auth.mk_token` runner; a bare list.
+pub async fn token(
+    State(state): State<CpState>,
+    fmt: Format,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
+    let r = async {
+        let parsed = parse(&state, &headers, body).await?;
+        let mut chunks = format::lowstate(parsed.data)?;
+        for creds in &mut chunks {
+            let mut kwarg = Map::new();
+            for k in ["username", "password", "eauth"] {
+                match creds.get(k) {
+                    Some(v) => kwarg.insert(k.into(), v.clone()),
+                    None => {
+                        return Err(ApiError::bad_request(
+                            "Require \"username\", \"password\", and \"eauth\" params",
+                        ))
+                    }
+                };
+            }
+            creds.insert("client".into(), json!("runner"));
+            creds.insert("fun".into(), json!("auth.mk_token"));
+            creds.insert("kwarg".into(), Json::Object(kwarg));
+        }
+        Ok(Json::Array(exec(&state, chunks, None, None).await?))
+    };
+    fmt.result(r.await)
+}

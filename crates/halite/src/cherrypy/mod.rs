@@ -1,0 +1,242 @@
+//! The rest_cherrypy surface: salt-api's URL map, request and response
+//! shapes, so that clients written for salt-api (pepper, SaltGUI,
+//! salt-netapi-client) work unchanged.
+//!
+//! One handler per endpoint family: `lowdata.rs` (`/`, `/run`, `/minions`,
+//! `/jobs`, `/keys`), `login.rs` (`/login`, `/logout`, `/token`),
+//! `stream.rs` (`/events`, `/ws`), `hook.rs` (`/hook`). Content negotiation
+//! and the error shape live in `format.rs`, tokens in `session.rs`.
+
+mod format;
+mod hook;
+mod login;
+mod lowdata;
+mod session;
+mod stream;
+
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::Router;
+use serde_json::json;
+use tower::ServiceExt;
+
+use crate::settings::CherrypyOptions;
+use crate::AppState;
+pub use format::Format;
+
+/// State of the rest_cherrypy surface.
+#[derive(Clone)]
+pub struct CpState {
+    pub app: AppState,
+    pub opts: Arc<CherrypyOptions>,
+    pub throttle: Arc<session::LoginThrottle>,
+}
+
+/// The router of the rest_cherrypy surface.
+pub fn router(app: AppState, opts: CherrypyOptions) -> Router {
+    let opts = Arc::new(opts);
+    let state = CpState {
+        app: app.clone(),
+        opts: opts.clone(),
+        throttle: Arc::new(session::LoginThrottle::default()),
+    };
+    let mut r = Router::new()
+        .route("/", get(lowdata::index).post(lowdata::index_post))
+        .route("/run", post(lowdata::run))
+        .route("/token", post(login::token))
+        .route("/keys", get(lowdata::keys).post(lowdata::keys_post))
+        .route("/keys/{mid}", get(lowdata::keys))
+        .route("/events", get(stream::events))
+        .route("/ws", get(stream::ws))
+        .route("/ws/{token}", get(stream::ws))
+        .route("/stats", get(stats));
+    if opts.enable_sessions {
+        r = r
+            .route("/login", get(login::login_get).post(login::login_post))
+            .route("/logout", post(login::logout))
+            .route(
+                "/minions",
+                get(lowdata::minions).post(lowdata::minions_post),
+            )
+            .route("/minions/{mid}", get(lowdata::minions))
+            .route("/jobs", get(lowdata::jobs))
+            .route("/jobs/{jid}", get(lowdata::jobs));
+    }
+    let hook = if opts.webhook_url.is_empty() {
+        "/hook".to_owned()
+    } else {
+        opts.webhook_url.clone()
+    };
+    r = r
+        .route(&hook, post(hook::hook))
+        .route(&format!("{hook}/{{*path}}"), post(hook::hook));
+    if let Some(dir) = &opts.static_dir {
+        let path = if opts.static_path.is_empty() {
+            "/static"
+        } else {
+            &opts.static_path
+        };
+        r = r.nest_service(path, tower_http::services::ServeDir::new(dir));
+    }
+    if let Some(file) = &opts.app {
+        let path = if opts.app_path.is_empty() {
+            "/app".to_owned()
+        } else {
+            opts.app_path.clone()
+        };
+        r = r
+            .route_service(&path, tower_http::services::ServeFile::new(file))
+            .route_service(
+                &format!("{path}/{{*rest}}"),
+                tower_http::services::ServeFile::new(file),
+            );
+    }
+    let r = r
+        .method_not_allowed_fallback(method_not_allowed)
+        .fallback(not_found)
+        .with_state(state.clone())
+        .merge(crate::metrics::routes().with_state(app))
+        .layer(middleware::from_fn_with_state(state.clone(), html_override))
+        .layer(middleware::from_fn(cors))
+        .layer(tower_http::compression::CompressionLayer::new().gzip(true));
+    if opts.root_prefix.is_empty() {
+        r
+    } else {
+        Router::new().nest(&opts.root_prefix, r)
+    }
+}
+
+fn lenient_format(headers: &axum::http::HeaderMap) -> Format {
+    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+    Format::from_accept(accept).unwrap_or(Format::Json)
+}
+
+async fn method_not_allowed(headers: axum::http::HeaderMap) -> Response {
+    lenient_format(&headers).error(crate::error::ApiError::method_not_allowed())
+}
+
+async fn not_found(headers: axum::http::HeaderMap) -> Response {
+    lenient_format(&headers).error(crate::error::ApiError::new(
+        StatusCode::NOT_FOUND,
+        "The path was not found",
+    ))
+}
+
+/// `GET /stats`: halite's own counters (salt-api shows CherryPy's).
+async fn stats(
+    State(state): State<CpState>,
+    fmt: Format,
+    headers: axum::http::HeaderMap,
+) -> Response {
+    if !state.opts.stats_disable_auth {
+        let master = state.app.netapi.master().clone();
+        let checked = match session::require_token(&headers) {
+            Ok(t) => session::validate(&master, &t).await.map(|_| ()),
+            Err(e) => Err(e),
+        };
+        if let Err(e) = checked {
+            return fmt.error(e);
+        }
+    }
+    let m = &state.app.metrics;
+    let master = state.app.netapi.master();
+    fmt.ok(&json!({
+        "halite": {
+            "version": env!("CARGO_PKG_VERSION"),
+            "requests": m.requests.load(Ordering::Relaxed),
+            "requests_in_flight": m.in_flight.load(Ordering::Relaxed),
+            "errors_4xx": m.errors_4xx.load(Ordering::Relaxed),
+            "errors_5xx": m.errors_5xx.load(Ordering::Relaxed),
+            "master_requests": master.requests_sent(),
+            "event_bus_connected": master.bus().is_connected(),
+            "events": master.bus().events_seen(),
+            "job_waiters": master.bus().waiting_jids(),
+        }
+    }))
+}
+
+/// CORS as rest_cherrypy's `cors_tool` sends it; preflights answered here.
+async fn cors(req: Request, next: Next) -> Response {
+    let origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .cloned()
+        .unwrap_or(HeaderValue::from_static("*"));
+    let preflight = req.method() == Method::OPTIONS;
+    let wanted = req
+        .headers()
+        .get(header::ACCESS_CONTROL_REQUEST_METHOD)
+        .and_then(|v| v.to_str().ok())
+        .map(str::to_owned);
+    let mut resp = if preflight {
+        let mut r = StatusCode::OK.into_response();
+        if matches!(wanted.as_deref(), Some("GET" | "POST")) {
+            let h = r.headers_mut();
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_METHODS,
+                HeaderValue::from_static("GET, POST"),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_HEADERS,
+                HeaderValue::from_static("Content-Type, X-Auth-Token, X-Requested-With"),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_MAX_AGE,
+                HeaderValue::from_static("1400"),
+            );
+        }
+        r
+    } else {
+        next.run(req).await
+    };
+    let h = resp.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+    h.insert(
+        header::ACCESS_CONTROL_EXPOSE_HEADERS,
+        HeaderValue::from_static("GET, POST"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+        HeaderValue::from_static("true"),
+    );
+    resp
+}
+
+/// With `app` configured, a browser asking for HTML anywhere but under the
+/// app and static paths gets the app (rest_cherrypy's `html_override`).
+async fn html_override(State(state): State<CpState>, req: Request, next: Next) -> Response {
+    let Some(app) = state.opts.app.clone() else {
+        return next.run(req).await;
+    };
+    let path = req.uri().path();
+    let under = |p: &str| !p.is_empty() && path.starts_with(p);
+    let accept = req
+        .headers()
+        .get(header::ACCEPT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let wants_html = accept != "*/*"
+        && accept
+            .split(',')
+            .next()
+            .is_some_and(|f| f.trim().starts_with("text/html"));
+    if req.method() != Method::GET
+        || !wants_html
+        || under(&state.opts.app_path)
+        || under(&state.opts.static_path)
+        || path == "/events"
+        || path.starts_with("/ws")
+    {
+        return next.run(req).await;
+    }
+    match tower_http::services::ServeFile::new(app).oneshot(req).await {
+        Ok(r) => r.into_response(),
+        Err(e) => match e {},
+    }
+}
