@@ -1,4 +1,5 @@
-//! Prometheus metrics and health endpoints, served on every surface.
+//! Prometheus metrics, health endpoints and the OpenAPI document, served on
+//! every surface.
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
@@ -19,12 +20,27 @@ pub struct Metrics {
     pub errors_5xx: AtomicU64,
 }
 
-/// `/metrics`, `/health/live`, `/health/ready`.
+/// `/metrics`, `/health/live`, `/health/ready`, `/openapi.json`.
 pub fn routes() -> Router<AppState> {
     Router::new()
         .route("/metrics", get(metrics))
         .route("/health/live", get(|| async { "ok" }))
         .route("/health/ready", get(ready))
+        .route("/openapi.json", get(openapi))
+}
+
+/// The OpenAPI document of both surfaces (`docs/openapi.yaml`, built in).
+const OPENAPI_YAML: &str = include_str!("../../../docs/openapi.yaml");
+
+async fn openapi() -> Response {
+    match serde_norway::from_str::<serde_json::Value>(OPENAPI_YAML) {
+        Ok(doc) => crate::json_response(StatusCode::OK, &doc),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the built-in OpenAPI document is invalid: {e}"),
+        )
+            .into_response(),
+    }
 }
 
 async fn ready(State(state): State<AppState>) -> Response {
@@ -68,4 +84,15 @@ async fn metrics(State(state): State<AppState>) -> Response {
         HeaderValue::from_static("text/plain; version=0.0.4"),
     );
     resp
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn openapi_document_parses() {
+        let doc: serde_json::Value =
+            serde_norway::from_str(super::OPENAPI_YAML).expect("valid YAML");
+        assert_eq!(doc["openapi"], "3.0.3");
+        assert!(doc["paths"]["/login"]["post"].is_object());
+    }
 }
