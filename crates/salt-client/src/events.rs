@@ -398,6 +398,7 @@ struct Shared {
     stamp_style: AtomicU8,
     pub_framing: Mutex<Option<Framing>>,
     pull_framing: tokio::sync::Mutex<Option<Framing>>,
+    pusher: tokio::sync::Mutex<Option<(u64, Box<dyn Stream>)>>,
     generation: AtomicU64,
     events_seen: AtomicU64,
 }
@@ -431,6 +432,7 @@ impl EventBus {
             stamp_style: AtomicU8::new(0),
             pub_framing: Mutex::new(None),
             pull_framing: tokio::sync::Mutex::new(None),
+            pusher: tokio::sync::Mutex::new(None),
             generation: AtomicU64::new(0),
             events_seen: AtomicU64::new(0),
         });
@@ -556,6 +558,11 @@ impl EventBus {
         }
     }
 
+    /// Write one frame to the pull side on a connection kept open between
+    /// fires (opening one per event exhausts the socket's backlog under a
+    /// burst, as Salt's own `fire_event` avoids too). The connection is
+    /// replaced after an error and whenever the subscription reconnected
+    /// (the master restarted), with one retry on a fresh connection.
     async fn push(&self, body: &[u8], framing: Framing) -> Result<()> {
         let unreachable = |e: std::io::Error| {
             SaltError::Unreachable(format!(
@@ -563,13 +570,39 @@ impl EventBus {
                 self.shared.pull
             ))
         };
-        let mut s = open(&self.shared.pull).await.map_err(unreachable)?;
-        s.write_all(&encode_frame(body, framing))
-            .await
-            .map_err(unreachable)?;
-        s.flush().await.map_err(unreachable)?;
-        let _ = s.shutdown().await;
-        Ok(())
+        let frame = encode_frame(body, framing);
+        let generation = self.generation();
+        let mut pusher = self.shared.pusher.lock().await;
+        if pusher.as_ref().is_some_and(|(g, _)| *g != generation) {
+            *pusher = None;
+        }
+        let mut last_error = None;
+        for _ in 0..2 {
+            if pusher.is_none() {
+                match open(&self.shared.pull).await {
+                    Ok(s) => *pusher = Some((generation, s)),
+                    Err(e) => {
+                        last_error = Some(e);
+                        continue;
+                    }
+                }
+            }
+            if let Some((_, s)) = pusher.as_mut() {
+                match async {
+                    s.write_all(&frame).await?;
+                    s.flush().await
+                }
+                .await
+                {
+                    Ok(()) => return Ok(()),
+                    Err(e) => {
+                        *pusher = None;
+                        last_error = Some(e);
+                    }
+                }
+            }
+        }
+        Err(unreachable(last_error.unwrap_or_else(|| std::io::Error::other("no connection"))))
     }
 
     /// The framing the pull side expects. A prefixed publish side means a
@@ -594,6 +627,9 @@ impl EventBus {
             let mut rx = self.subscribe_all();
             let body = pack_body(&tag, &serde_json::json!({"probe": "halite"}));
             self.push(&body, framing).await?;
+            // A frame in the wrong framing can leave the master's reader
+            // misaligned on that connection: never reuse a probe's.
+            *self.shared.pusher.lock().await = None;
             let seen = tokio::time::timeout(Duration::from_secs(2), async {
                 loop {
                     match rx.recv().await {
