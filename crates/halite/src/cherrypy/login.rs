@@ -19,9 +19,10 @@ use super::lowdata::{exec, parse};
 use super::{session, CpState};
 use crate::error::ApiError;
 
-/// `GET /login`: how to log in.
+/// `GET /login`: how to log in. `status` is `null` as in salt-api (it
+/// reports CherryPy's not-yet-set response status).
 pub async fn login_get(fmt: Format) -> Response {
-    let mut resp = fmt.ok(&json!({"status": 200, "return": "Please log in"}));
+    let mut resp = fmt.ok(&json!({"status": null, "return": "Please log in"}));
     resp.headers_mut().insert(
         header::WWW_AUTHENTICATE,
         HeaderValue::from_static("Session"),
