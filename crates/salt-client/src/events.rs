@@ -602,7 +602,9 @@ impl EventBus {
                 }
             }
         }
-        Err(unreachable(last_error.unwrap_or_else(|| std::io::Error::other("no connection"))))
+        Err(unreachable(
+            last_error.unwrap_or_else(|| std::io::Error::other("no connection")),
+        ))
     }
 
     /// The framing the pull side expects. A prefixed publish side means a

@@ -81,6 +81,20 @@ impl Master {
         self.request(load, timeout).await.map(|_| ())
     }
 
+    /// Make sure the master can be used for a call that needs returns from
+    /// the event bus: the bus is connected, or (when it is not) the master
+    /// answers a `ping` and the bus reconnects within `limit`. A master that
+    /// is down fails at once with [`SaltError::Unreachable`](crate::SaltError::Unreachable) (connection
+    /// refused) instead of after `limit`.
+    pub async fn wait_ready(&self, limit: Duration) -> Result<()> {
+        let bus = self.bus();
+        if bus.is_connected() {
+            return Ok(());
+        }
+        self.ping(limit).await?;
+        bus.wait_connected(limit).await
+    }
+
     /// A new jid `YYYYMMDDhhmmssffffff` (UTC), strictly increasing within this
     /// process, as Salt's `gen_jid` makes them.
     pub fn new_jid(&self) -> String {

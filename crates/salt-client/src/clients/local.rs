@@ -154,7 +154,7 @@ impl LocalJob {
     /// caller's or one halite makes, so the waiter is registered before the
     /// publish can create any event.
     pub async fn cmd(&self, master: &Master, jid: Option<String>) -> Result<Json> {
-        master.bus().wait_connected(Duration::from_secs(5)).await?;
+        master.wait_ready(Duration::from_secs(5)).await?;
         let jid = jid.unwrap_or_else(|| master.new_jid());
         let sub = master.bus().subscribe_jid(&jid);
         let reply = self.publish(master, &jid).await?;
@@ -289,7 +289,8 @@ impl LocalJob {
                     }
                     let running = self
                         .find_job(master, &reply.jid, &pending, &mut sub, |ev| {
-                            handle(ev, &mut expected, &mut expected_set, &mut missing, &mut returned)
+                            handle(ev, &mut expected, &mut expected_set, &mut missing, &mut returned);
+                            pending.iter().all(|m| returned.contains(m))
                         })
                         .await;
                     if running.iter().all(|m| returned.contains(m)) {
@@ -307,14 +308,22 @@ impl LocalJob {
     }
 
     /// Ask `pending` minions whether they still run `jid`; returns those that
-    /// do. Events of the main job that arrive meanwhile go to `on_main`.
+    /// do. Events of the main job that arrive meanwhile go to `on_main`,
+    /// which answers whether every pending minion has now returned.
+    ///
+    /// As in `LocalClient.get_iter_returns`, the main job's returns are
+    /// awaited for the whole `gather_job_timeout` even when every probed
+    /// minion has already answered "not running": on a busy minion the job
+    /// may simply not have started when `saltutil.find_job` looked, and its
+    /// return then arrives a moment later. Only when a probed minion reports
+    /// the job running does the wait end early (the caller then extends it).
     async fn find_job(
         &self,
         master: &Master,
         jid: &str,
         pending: &[String],
         main: &mut JidSubscription,
-        mut on_main: impl FnMut(&crate::events::Event),
+        mut on_main: impl FnMut(&crate::events::Event) -> bool,
     ) -> Vec<String> {
         let probe_jid = master.new_jid();
         let mut probe = master.bus().subscribe_jid(&probe_jid);
@@ -341,7 +350,7 @@ impl LocalJob {
         let mut answered: HashSet<String> = HashSet::new();
         let mut running = Vec::new();
         let deadline = Instant::now() + secs(self.gather_job_timeout);
-        while answered.len() < reply.minions.len() {
+        loop {
             tokio::select! {
                 ev = probe.recv() => match ev {
                     Some(ev) if ev.tag.contains("/ret/") => {
@@ -354,12 +363,19 @@ impl LocalJob {
                                 }
                             }
                         }
+                        if answered.len() >= reply.minions.len() && !running.is_empty() {
+                            break;
+                        }
                     }
                     Some(_) => {}
                     None => break,
                 },
                 ev = main.recv() => match ev {
-                    Some(ev) => on_main(&ev),
+                    Some(ev) => {
+                        if on_main(&ev) {
+                            break;
+                        }
+                    }
                     None => break,
                 },
                 _ = tokio::time::sleep_until(deadline) => break,
@@ -443,12 +459,14 @@ pub async fn publish(
     })
 }
 
-/// `salt.utils.args.condition_input`: integers that look like a jid (20
-/// digits) are sent as strings.
+/// `salt.utils.args.condition_input`: integers that look like a jid are
+/// sent as strings. Salt's test is `salt.utils.jid.is_jid(str(arg))`: the
+/// text is 20 characters and `int()` parses it, so a negative 19-digit
+/// integer such as `-9223372036854775808` counts too.
 fn condition_args(args: Vec<Json>) -> Vec<Json> {
     args.into_iter()
         .map(|a| match &a {
-            Json::Number(n) if n.is_u64() && n.to_string().len() == 20 => {
+            Json::Number(n) if (n.is_u64() || n.is_i64()) && n.to_string().len() == 20 => {
                 Json::String(n.to_string())
             }
             _ => a,
@@ -487,10 +505,24 @@ mod tests {
 
     #[test]
     fn jid_like_integers_become_strings() {
-        let out = condition_args(vec![json!(10000000000000000000u64), json!(5), json!("x")]);
+        let out = condition_args(vec![
+            json!(10000000000000000000u64),
+            json!(5),
+            json!("x"),
+            json!(i64::MIN),
+            json!(-100000000000000000i64),
+            json!(1.5),
+        ]);
         assert_eq!(
             out,
-            vec![json!("10000000000000000000"), json!(5), json!("x")]
+            vec![
+                json!("10000000000000000000"),
+                json!(5),
+                json!("x"),
+                json!("-9223372036854775808"),
+                json!(-100000000000000000i64),
+                json!(1.5)
+            ]
         );
     }
 }

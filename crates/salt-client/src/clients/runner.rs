@@ -104,7 +104,7 @@ pub async fn runner(master: &Master, low: Lowstate) -> Result<Json> {
     let load = runner_load(&low)?;
     let limit = seconds(low.get("timeout")).unwrap_or_else(|| master.config().rest_timeout());
     let full_return = truthy(low.get("full_return"));
-    master.bus().wait_connected(Duration::from_secs(5)).await?;
+    master.wait_ready(Duration::from_secs(5)).await?;
     let started = Instant::now();
     let reply = value::to_json(&master.request(value::from_json(&load), secs(60.0)).await?);
     let jid = reply

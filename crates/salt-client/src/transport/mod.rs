@@ -141,9 +141,8 @@ impl RequestChannel {
     }
 
     async fn connect(&self, deadline: Instant) -> Result<Conn> {
-        let limit = deadline
-            .saturating_duration_since(Instant::now())
-            .min(CONNECT_TIMEOUT);
+        let remaining = deadline.saturating_duration_since(Instant::now());
+        let limit = remaining.min(CONNECT_TIMEOUT);
         let attempt = async {
             match self.transport {
                 RequestTransport::Tcp => tcp::TcpConnection::connect(&self.addr)
@@ -161,6 +160,13 @@ impl RequestChannel {
             Ok(Err(e)) => Err(SaltError::Unreachable(format!(
                 "the Salt master at {} is not available: {e}",
                 self.addr
+            ))),
+            // The caller's deadline ran out during the handshake (a peer that
+            // accepts but never answers): that is the request timing out.
+            Err(_) if remaining <= CONNECT_TIMEOUT => Err(SaltError::Timeout(format!(
+                "the Salt master at {} did not answer within {:.1}s (connection handshake)",
+                self.addr,
+                remaining.as_secs_f64()
             ))),
             Err(_) => Err(SaltError::Unreachable(format!(
                 "the Salt master at {} is not available: connect timed out",
