@@ -17,8 +17,14 @@ use crate::{app_state, cherrypy, metrics, wsgi, AppState, Limits};
 
 /// Serve every surface until SIGINT/SIGTERM.
 pub async fn run(config: MasterConfig, surfaces: Vec<Surface>) -> Result<(), String> {
-    if matches!(config.transport(), salt_client::config::RequestTransport::Ws) {
-        return Err("the master uses `transport: ws`, which halite does not speak (use zeromq or tcp)".into());
+    if matches!(
+        config.transport(),
+        salt_client::config::RequestTransport::Ws
+    ) {
+        return Err(
+            "the master uses `transport: ws`, which halite does not speak (use zeromq or tcp)"
+                .into(),
+        );
     }
     let master = Master::new(config);
     let handle = axum_server::Handle::new();

@@ -109,7 +109,12 @@ pub async fn events(
                 Ok(Err(broadcast::error::RecvError::Lagged(n))) => {
                     tracing::warn!(skipped = n, "an /events client fell behind; events skipped");
                     // An SSE comment: EventSource ignores it, a reader of the raw stream sees the gap.
-                    return Some((Ok(format!(": halite skipped {n} events: this client reads too slowly\n\n")), st));
+                    return Some((
+                        Ok(format!(
+                            ": halite skipped {n} events: this client reads too slowly\n\n"
+                        )),
+                        st,
+                    ));
                 }
                 Ok(Err(broadcast::error::RecvError::Closed)) => return None,
                 Err(_) => continue,
