@@ -106,7 +106,13 @@ pub async fn runner(master: &Master, low: Lowstate) -> Result<Json> {
     let full_return = truthy(low.get("full_return"));
     master.wait_ready(Duration::from_secs(5)).await?;
     let started = Instant::now();
-    let reply = value::to_json(&master.request(value::from_json(&load), secs(60.0)).await?);
+    // The start request itself is answered at once by a healthy master; it
+    // never waits longer than the caller's deadline.
+    let reply = value::to_json(
+        &master
+            .request(value::from_json(&load), secs(limit.min(60.0)))
+            .await?,
+    );
     let jid = reply
         .get("jid")
         .and_then(Json::as_str)
