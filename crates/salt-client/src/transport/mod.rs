@@ -89,37 +89,48 @@ impl RequestChannel {
             .await
             .map_err(|_| SaltError::Unreachable("request channel closed".into()))?;
         let deadline = Instant::now() + timeout;
-        let mut conn = match self.checkout() {
-            Some(c) => c,
-            None => self.connect(deadline).await?,
+        let (mut conn, mut reused) = match self.checkout() {
+            Some(c) => (c, true),
+            None => (self.connect(deadline).await?, false),
         };
-        let result = tokio::time::timeout_at(deadline.into(), async {
-            match &mut conn {
-                Conn::Zmq(c) => {
-                    let bytes = c
-                        .request(&value::encode(&envelope))
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    value::decode(&bytes).map_err(|e| format!("undecodable reply: {e}"))
+        loop {
+            let result = tokio::time::timeout_at(deadline.into(), async {
+                match &mut conn {
+                    Conn::Zmq(c) => {
+                        let bytes = c
+                            .request(&value::encode(&envelope))
+                            .await
+                            .map_err(|e| e.to_string())?;
+                        value::decode(&bytes).map_err(|e| format!("undecodable reply: {e}"))
+                    }
+                    Conn::Tcp(c) => c.request(envelope.clone()).await.map_err(|e| e.to_string()),
                 }
-                Conn::Tcp(c) => c.request(envelope).await.map_err(|e| e.to_string()),
-            }
-        })
-        .await;
-        match result {
-            Ok(Ok(reply)) => {
-                self.checkin(conn);
-                Ok(reply)
-            }
-            Ok(Err(e)) => Err(SaltError::Unreachable(format!(
-                "connection to the Salt master at {} failed: {e}",
-                self.addr
-            ))),
-            Err(_) => Err(SaltError::Timeout(format!(
-                "the Salt master at {} did not answer within {:.1}s",
-                self.addr,
-                timeout.as_secs_f64()
-            ))),
+            })
+            .await;
+            return match result {
+                Ok(Ok(reply)) => {
+                    self.checkin(conn);
+                    Ok(reply)
+                }
+                // A pooled connection the master closed or reset while it sat
+                // idle: send again once on a fresh connection (Salt's own
+                // channel re-sends identical loads after failures, too).
+                Ok(Err(e)) if reused => {
+                    tracing::debug!(error = %e, "pooled connection to the master failed; retrying on a new one");
+                    reused = false;
+                    conn = self.connect(deadline).await?;
+                    continue;
+                }
+                Ok(Err(e)) => Err(SaltError::Unreachable(format!(
+                    "connection to the Salt master at {} failed: {e}",
+                    self.addr
+                ))),
+                Err(_) => Err(SaltError::Timeout(format!(
+                    "the Salt master at {} did not answer within {:.1}s",
+                    self.addr,
+                    timeout.as_secs_f64()
+                ))),
+            };
         }
     }
 
