@@ -1,0 +1,579 @@
+//! `null-master`: a benchmark-only fake Salt master that speaks the real
+//! client-facing protocol and does no work, so that what is measured is the
+//! API server in front of it.
+//!
+//! * Request server: ZMTP 3.1 ROUTER with the NULL mechanism on `--port`.
+//!   DEALER clients send `["", payload]`; the reply is `["", reply]`.
+//!   Commands: `ping`, `publish`, `mk_token`, `get_token`, `runner`, `wheel`.
+//! * Event bus, Salt 3008 style: `<sock_dir>/master_event_pub.ipc` streams
+//!   bare msgpack frames `{"head": {}, "body": bin(tag + "\n\n" + data)}` to
+//!   every subscriber; `<sock_dir>/master_event_pull.ipc` accepts frames with
+//!   a 4-byte big-endian length prefix and re-publishes them.
+//! * A `publish` is answered at once with `--minions` simulated minions; the
+//!   job's `new` event follows immediately and one `ret` event per minion
+//!   after `--ret-delay-ms` (to hold thousands of synchronous calls open).
+//!
+//! It writes a master config for halite pointing at itself (`--write-config`).
+//! Never use it for anything but benchmarks: it accepts any credentials.
+
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use bytes::{Buf, Bytes, BytesMut};
+use clap::Parser;
+use rmpv::Value as Mp;
+use salt_client::events::{encode_frame, Framing};
+use salt_client::transport::zmtp;
+use salt_client::value;
+use serde_json::{json, Value as Json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::sync::broadcast;
+
+#[derive(Debug, Parser)]
+#[command(about = "Benchmark-only fake Salt master (ZMTP request server + event bus)")]
+struct Args {
+    /// Request server port (ret_port) on 127.0.0.1.
+    #[arg(long, default_value_t = 16606)]
+    port: u16,
+    /// Directory for the event bus sockets (sock_dir) and the config.
+    #[arg(long)]
+    dir: PathBuf,
+    /// Simulated minions answering every publish (sim-0 .. sim-<N-1>).
+    #[arg(long, default_value_t = 3)]
+    minions: usize,
+    /// Delay of the return events after a publish, in milliseconds.
+    #[arg(long, default_value_t = 0)]
+    ret_delay_ms: u64,
+    /// Write a master config for halite to this file.
+    #[arg(long)]
+    write_config: Option<PathBuf>,
+    /// rest_wsgi port in the written config.
+    #[arg(long, default_value_t = 16601)]
+    wsgi_port: u16,
+    /// rest_cherrypy port in the written config.
+    #[arg(long, default_value_t = 16602)]
+    cherrypy_port: u16,
+    /// Worker threads.
+    #[arg(long, default_value_t = 1)]
+    threads: usize,
+}
+
+struct Sim {
+    minions: Vec<String>,
+    ret_delay: Duration,
+    bus: broadcast::Sender<Bytes>,
+    tokens: Mutex<HashMap<String, Json>>,
+    next_jid: AtomicU64,
+    returns: HashMap<&'static str, Vec<u8>>,
+    published: AtomicU64,
+    lagged: AtomicU64,
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// A fixed, plausible `_stamp` (Salt 3008 style, with `+00:00`).
+const STAMP: &str = "2026-01-01T00:00:00.000000+00:00";
+
+impl Sim {
+    fn new_jid(&self) -> String {
+        // 20 digits like Salt's jids: a fixed date plus a counter.
+        format!(
+            "20260101{:012}",
+            self.next_jid.fetch_add(1, Ordering::Relaxed)
+        )
+    }
+
+    /// Publish one event body on the bus.
+    fn fire_body(&self, body: &[u8]) {
+        let _ = self
+            .bus
+            .send(Bytes::from(encode_frame(body, Framing::Bare)));
+    }
+
+    fn fire(&self, tag: &str, data: &Json) {
+        self.fire_body(&salt_client::events::pack_body(tag, data));
+    }
+
+    /// The `salt/job/<jid>/ret/<minion>` frame, encoded by hand (hot path).
+    fn ret_frame(&self, jid: &str, minion: &str, fun: &str, ret: &[u8]) -> Bytes {
+        let tag = format!("salt/job/{jid}/ret/{minion}");
+        let mut body = Vec::with_capacity(tag.len() + ret.len() + 200);
+        body.extend_from_slice(tag.as_bytes());
+        body.extend_from_slice(b"\n\n");
+        let w = &mut body;
+        let _ = rmp::encode::write_map_len(w, 10);
+        for (k, v) in [
+            ("cmd", "_return"),
+            ("id", minion),
+            ("jid", jid),
+            ("fun", fun),
+            ("user", "saltdev"),
+            ("_stamp", STAMP),
+        ] {
+            let _ = rmp::encode::write_str(w, k);
+            let _ = rmp::encode::write_str(w, v);
+        }
+        let _ = rmp::encode::write_str(w, "fun_args");
+        let _ = rmp::encode::write_array_len(w, 0);
+        let _ = rmp::encode::write_str(w, "retcode");
+        let _ = rmp::encode::write_uint(w, 0);
+        let _ = rmp::encode::write_str(w, "success");
+        let _ = rmp::encode::write_bool(w, true);
+        let _ = rmp::encode::write_str(w, "return");
+        w.extend_from_slice(ret);
+        // The frame {"head": {}, "body": bin}, bare (3008 publish side).
+        let mut frame = Vec::with_capacity(body.len() + 20);
+        let _ = rmp::encode::write_map_len(&mut frame, 2);
+        let _ = rmp::encode::write_str(&mut frame, "head");
+        let _ = rmp::encode::write_map_len(&mut frame, 0);
+        let _ = rmp::encode::write_str(&mut frame, "body");
+        let _ = rmp::encode::write_bin(&mut frame, &body);
+        Bytes::from(frame)
+    }
+
+    fn authenticated(load: &Mp) -> bool {
+        value::get(load, "eauth").is_some() || value::get(load, "token").is_some()
+    }
+
+    fn handle(self: &Arc<Self>, envelope: &Mp) -> Mp {
+        let Some(load) = value::get(envelope, "load") else {
+            return Mp::from("bad load");
+        };
+        let cmd = value::get(load, "cmd").and_then(Mp::as_str).unwrap_or("");
+        match cmd {
+            "ping" => load.clone(),
+            "publish" => self.publish(load),
+            "mk_token" => {
+                let user = value::get(load, "username")
+                    .and_then(Mp::as_str)
+                    .unwrap_or("");
+                let eauth = value::get(load, "eauth").and_then(Mp::as_str).unwrap_or("");
+                if user.is_empty() || eauth.is_empty() {
+                    return Mp::from("");
+                }
+                let n = self.next_jid.fetch_add(1, Ordering::Relaxed);
+                let token = format!("{:064x}", u128::from(n) * 0x9e37_79b9_7f4a_7c15 + 1);
+                let t = now();
+                let rec = json!({"token": token, "start": t, "expire": t + 43200.0,
+                    "name": user, "eauth": eauth});
+                let mut tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+                if tokens.len() > 100_000 {
+                    tokens.clear();
+                }
+                tokens.insert(token, rec.clone());
+                value::from_json(&rec)
+            }
+            "get_token" => match value::get(load, "token").and_then(Mp::as_str) {
+                Some(t) => {
+                    let tokens = self.tokens.lock().unwrap_or_else(|p| p.into_inner());
+                    value::from_json(tokens.get(t).unwrap_or(&json!({})))
+                }
+                None => Mp::Boolean(false),
+            },
+            "runner" => {
+                if !Self::authenticated(load) {
+                    return auth_error("EauthAuthenticationError");
+                }
+                let fun = value::get(load, "fun").and_then(Mp::as_str).unwrap_or("");
+                let kwarg = value::get(load, "kwarg")
+                    .map(value::to_json)
+                    .unwrap_or(json!({}));
+                let jid = self.new_jid();
+                let tag = format!("salt/run/{jid}");
+                let fun_full = format!("runner.{fun}");
+                let args = kwarg.get("arg").cloned().unwrap_or(json!([]));
+                let kwargs = kwarg.get("kwarg").cloned().unwrap_or(json!({}));
+                let new = json!({"fun": fun_full, "fun_args": [args, kwargs], "jid": jid,
+                    "user": "saltdev", "_stamp": STAMP});
+                self.fire(&format!("{tag}/new"), &new);
+                let ret = json!({"fun": fun_full, "fun_args": [args, kwargs], "jid": jid,
+                    "user": "saltdev", "return": {"args": args, "kwargs": kwargs},
+                    "success": true, "_stamp": STAMP});
+                self.fire(&format!("{tag}/ret"), &ret);
+                value::from_json(&json!({"jid": jid, "tag": tag}))
+            }
+            "wheel" => {
+                if !Self::authenticated(load) {
+                    return auth_error("EauthAuthenticationError");
+                }
+                let fun = value::get(load, "fun").and_then(Mp::as_str).unwrap_or("");
+                let jid = self.new_jid();
+                let tag = format!("salt/wheel/{jid}");
+                let ret = if fun == "key.list_all" {
+                    json!({"local": ["master.pem", "master.pub"], "minions": self.minions,
+                        "minions_denied": [], "minions_pre": [], "minions_rejected": []})
+                } else {
+                    json!(true)
+                };
+                value::from_json(&json!({"tag": tag, "data": {"fun": format!("wheel.{fun}"),
+                    "jid": jid, "tag": tag, "user": "saltdev", "success": true, "return": ret}}))
+            }
+            _ => Mp::Map(vec![]),
+        }
+    }
+
+    fn publish(self: &Arc<Self>, load: &Mp) -> Mp {
+        let kwargs = value::get(load, "kwargs");
+        if !kwargs.is_some_and(Self::authenticated) {
+            return auth_error("AuthenticationError");
+        }
+        let jid = match value::get(load, "jid").and_then(Mp::as_str) {
+            Some(j) if !j.is_empty() => j.to_owned(),
+            _ => self.new_jid(),
+        };
+        let fun = value::get(load, "fun")
+            .and_then(Mp::as_str)
+            .unwrap_or("")
+            .to_owned();
+        let tgt_type = value::get(load, "tgt_type")
+            .and_then(Mp::as_str)
+            .unwrap_or("glob");
+        let minions: Vec<String> = match (tgt_type, value::get(load, "tgt")) {
+            (_, Some(Mp::Array(list))) => list
+                .iter()
+                .filter_map(Mp::as_str)
+                .filter(|m| self.minions.iter().any(|x| x == m))
+                .map(str::to_owned)
+                .collect(),
+            _ => self.minions.clone(),
+        };
+        self.published.fetch_add(1, Ordering::Relaxed);
+        let new = json!({"jid": jid, "tgt": value::get(load, "tgt").map(value::to_json),
+            "tgt_type": tgt_type, "user": "saltdev", "fun": fun, "arg": [],
+            "minions": minions, "missing": [], "_stamp": STAMP});
+        self.fire(&format!("salt/job/{jid}/new"), &new);
+        let ret: &[u8] = match self.returns.get(fun.as_str()) {
+            Some(r) => r,
+            None => &[0xc3],
+        };
+        let frames: Vec<Bytes> = minions
+            .iter()
+            .map(|m| self.ret_frame(&jid, m, &fun, ret))
+            .collect();
+        if self.ret_delay.is_zero() {
+            for f in frames {
+                let _ = self.bus.send(f);
+            }
+        } else {
+            let sim = self.clone();
+            tokio::spawn(async move {
+                tokio::time::sleep(sim.ret_delay).await;
+                for f in frames {
+                    let _ = sim.bus.send(f);
+                }
+            });
+        }
+        value::map([
+            (
+                "load",
+                value::from_json(&json!({"jid": jid, "minions": minions, "missing": []})),
+            ),
+            ("enc", Mp::from("clear")),
+        ])
+    }
+}
+
+fn auth_error(name: &str) -> Mp {
+    value::from_json(&json!({"error": {"name": name, "message": "Authentication error occurred."}}))
+}
+
+fn ready_router() -> Vec<u8> {
+    let mut body = Vec::with_capacity(48);
+    body.push(5);
+    body.extend_from_slice(b"READY");
+    body.push(11);
+    body.extend_from_slice(b"Socket-Type");
+    body.extend_from_slice(&6u32.to_be_bytes());
+    body.extend_from_slice(b"ROUTER");
+    body.push(8);
+    body.extend_from_slice(b"Identity");
+    body.extend_from_slice(&0u32.to_be_bytes());
+    let mut out = Vec::with_capacity(56);
+    zmtp::put_frame(&mut out, &body, false, true);
+    out
+}
+
+/// One DEALER client: handshake, then request/reply until it goes away.
+async fn serve_zmtp(mut stream: TcpStream, sim: Arc<Sim>) -> Result<(), String> {
+    let _ = stream.set_nodelay(true);
+    let mut hello = zmtp::greeting().to_vec();
+    hello[32] = 1; // as-server
+    hello.extend_from_slice(&ready_router());
+    stream.write_all(&hello).await.map_err(|e| e.to_string())?;
+    let mut buf = BytesMut::with_capacity(8192);
+    while buf.len() < 64 {
+        if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+            return Ok(());
+        }
+    }
+    zmtp::check_greeting(&buf[..64]).map_err(|e| e.to_string())?;
+    buf.advance(64);
+    let mut parts: Vec<BytesMut> = Vec::with_capacity(2);
+    let mut out = Vec::with_capacity(512);
+    loop {
+        while let Some(frame) = zmtp::parse_frame(&mut buf).map_err(|e| e.to_string())? {
+            if frame.command {
+                if zmtp::command_name(&frame.body) == Some(b"PING") {
+                    let pong = zmtp::pong_for(&frame.body);
+                    stream.write_all(&pong).await.map_err(|e| e.to_string())?;
+                }
+                continue;
+            }
+            let more = frame.more;
+            parts.push(frame.body);
+            if more {
+                continue;
+            }
+            let payload = parts.pop().unwrap_or_default();
+            parts.clear();
+            let reply = match value::decode(&payload) {
+                Ok(env) => sim.handle(&env),
+                Err(_) => value::from_json(&json!({"error": "Routing error"})),
+            };
+            out.clear();
+            zmtp::put_frame(&mut out, b"", true, false);
+            zmtp::put_frame(&mut out, &value::encode(&reply), false, false);
+            stream.write_all(&out).await.map_err(|e| e.to_string())?;
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(16 * 1024);
+        }
+        if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
+            return Ok(());
+        }
+    }
+}
+
+/// One subscriber of the publish side: stream every event, batching writes.
+async fn serve_sub(mut stream: UnixStream, sim: Arc<Sim>) {
+    let mut rx = sim.bus.subscribe();
+    let mut out = Vec::with_capacity(64 * 1024);
+    loop {
+        match rx.recv().await {
+            Ok(b) => out.extend_from_slice(&b),
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                sim.lagged.fetch_add(n, Ordering::Relaxed);
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+        while out.len() < (1 << 20) {
+            match rx.try_recv() {
+                Ok(b) => out.extend_from_slice(&b),
+                Err(broadcast::error::TryRecvError::Lagged(n)) => {
+                    sim.lagged.fetch_add(n, Ordering::Relaxed);
+                }
+                Err(_) => break,
+            }
+        }
+        if stream.write_all(&out).await.is_err() {
+            return;
+        }
+        out.clear();
+    }
+}
+
+/// One pusher on the pull side: length-prefixed frames, re-published bare.
+async fn serve_pull(mut stream: UnixStream, sim: Arc<Sim>) {
+    let mut buf = BytesMut::with_capacity(8192);
+    loop {
+        while buf.len() >= 4 {
+            let len = u32::from_be_bytes([buf[0], buf[1], buf[2], buf[3]]) as usize;
+            if len > (64 << 20) {
+                return;
+            }
+            if buf.len() < 4 + len {
+                break;
+            }
+            buf.advance(4);
+            let frame = buf.split_to(len);
+            if let Ok(msg) = value::decode(&frame) {
+                if let Some(Mp::Binary(body)) = value::get(&msg, "body") {
+                    sim.fire_body(body);
+                }
+            }
+        }
+        match stream.read_buf(&mut buf).await {
+            Ok(0) | Err(_) => return,
+            Ok(_) => {}
+        }
+    }
+}
+
+fn bind_unix(path: &Path) -> std::io::Result<UnixListener> {
+    let _ = std::fs::remove_file(path);
+    UnixListener::bind(path)
+}
+
+fn grains(i: usize) -> Json {
+    // About the size of a real minion's grains.items (~6 KiB of JSON).
+    let mut g = serde_json::Map::new();
+    g.insert("id".into(), json!(format!("sim-{i}")));
+    g.insert("os".into(), json!("Debian"));
+    g.insert("os_family".into(), json!("Debian"));
+    g.insert("kernel".into(), json!("Linux"));
+    g.insert("num_cpus".into(), json!(2));
+    g.insert("mem_total".into(), json!(24105));
+    g.insert("ipv4".into(), json!(["127.0.0.1", "10.0.0.2"]));
+    g.insert(
+        "path".into(),
+        json!("/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"),
+    );
+    for k in 0..120 {
+        g.insert(
+            format!("grain_{k:03}"),
+            json!(format!("value-{k:03}-{}", "x".repeat(24))),
+        );
+    }
+    Json::Object(g)
+}
+
+fn write_config(args: &Args, path: &Path) -> std::io::Result<()> {
+    let d = args.dir.display();
+    let text = format!(
+        "# Written by null-master (benchmarks only): a fake master on 127.0.0.1:{port}.\n\
+         root_dir: {d}\n\
+         interface: 127.0.0.1\n\
+         ret_port: {port}\n\
+         transport: zeromq\n\
+         ipc_mode: ipc\n\
+         sock_dir: {d}/sock\n\
+         cachedir: {d}/cache\n\
+         pki_dir: {d}/pki\n\
+         log_file: {d}/master.log\n\
+         external_auth:\n  auto:\n    saltdev: ['.*', '@runner', '@wheel', '@jobs']\n\
+         netapi_enable_clients: [local, local_async, local_batch, local_subset, runner, runner_async, wheel, wheel_async]\n\
+         rest_wsgi:\n  port: {wsgi}\n  host: 127.0.0.1\n\
+         rest_cherrypy:\n  port: {cp}\n  host: 127.0.0.1\n  disable_ssl: true\n",
+        port = args.port,
+        wsgi = args.wsgi_port,
+        cp = args.cherrypy_port,
+    );
+    std::fs::write(path, text)
+}
+
+fn main() -> std::process::ExitCode {
+    let mut args = Args::parse();
+    // The config names sock_dir; relative paths would resolve against it.
+    if let Ok(abs) = std::path::absolute(&args.dir) {
+        args.dir = abs;
+    }
+    let sock_dir = args.dir.join("sock");
+    for d in [&sock_dir, &args.dir.join("cache"), &args.dir.join("pki")] {
+        if let Err(e) = std::fs::create_dir_all(d) {
+            eprintln!("null-master: cannot create {}: {e}", d.display());
+            return std::process::ExitCode::FAILURE;
+        }
+    }
+    if let Some(path) = &args.write_config {
+        if let Err(e) = write_config(&args, path) {
+            eprintln!("null-master: cannot write {}: {e}", path.display());
+            return std::process::ExitCode::FAILURE;
+        }
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(args.threads.max(1))
+        .enable_all()
+        .build()
+    {
+        Ok(r) => r,
+        Err(e) => {
+            eprintln!("null-master: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let mut returns: HashMap<&'static str, Vec<u8>> = HashMap::new();
+    returns.insert("test.ping", vec![0xc3]);
+    returns.insert("saltutil.find_job", vec![0x80]);
+    returns.insert("grains.items", value::encode(&value::from_json(&grains(0))));
+    let (bus, _) = broadcast::channel(1 << 17);
+    let sim = Arc::new(Sim {
+        minions: (0..args.minions).map(|i| format!("sim-{i}")).collect(),
+        ret_delay: Duration::from_millis(args.ret_delay_ms),
+        bus,
+        tokens: Mutex::new(HashMap::new()),
+        next_jid: AtomicU64::new(0),
+        returns,
+        published: AtomicU64::new(0),
+        lagged: AtomicU64::new(0),
+    });
+    let res: Result<(), String> = runtime.block_on(async {
+        let req = TcpListener::bind(("127.0.0.1", args.port))
+            .await
+            .map_err(|e| format!("cannot bind 127.0.0.1:{}: {e}", args.port))?;
+        let pub_l = bind_unix(&sock_dir.join("master_event_pub.ipc"))
+            .map_err(|e| format!("cannot bind master_event_pub.ipc: {e}"))?;
+        let pull_l = bind_unix(&sock_dir.join("master_event_pull.ipc"))
+            .map_err(|e| format!("cannot bind master_event_pull.ipc: {e}"))?;
+        eprintln!(
+            "null-master: ret_port 127.0.0.1:{}, bus {}, {} minions, ret delay {} ms",
+            args.port,
+            sock_dir.display(),
+            args.minions,
+            args.ret_delay_ms
+        );
+        let s = sim.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = pub_l.accept().await {
+                tokio::spawn(serve_sub(stream, s.clone()));
+            }
+        });
+        let s = sim.clone();
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = pull_l.accept().await {
+                tokio::spawn(serve_pull(stream, s.clone()));
+            }
+        });
+        let s = sim.clone();
+        tokio::spawn(async move {
+            let mut last = 0;
+            loop {
+                tokio::time::sleep(Duration::from_secs(10)).await;
+                let p = s.published.load(Ordering::Relaxed);
+                if p != last {
+                    eprintln!(
+                        "null-master: {p} publishes, {} events lagged",
+                        s.lagged.load(Ordering::Relaxed)
+                    );
+                    last = p;
+                }
+            }
+        });
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .map_err(|e| e.to_string())?;
+        loop {
+            tokio::select! {
+                acc = req.accept() => match acc {
+                    Ok((stream, _)) => {
+                        let s = sim.clone();
+                        tokio::spawn(async move {
+                            let _ = serve_zmtp(stream, s).await;
+                        });
+                    }
+                    Err(e) => {
+                        eprintln!("null-master: accept: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                    }
+                },
+                _ = term.recv() => return Ok(()),
+                _ = tokio::signal::ctrl_c() => return Ok(()),
+            }
+        }
+    });
+    match res {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("null-master: {e}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
