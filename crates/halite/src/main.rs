@@ -86,7 +86,7 @@ pub struct AppState {
 
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
-    init_tracing(cli.log_format);
+    let _log_flush = init_tracing(cli.log_format);
     let config = match MasterConfig::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
@@ -130,16 +130,25 @@ fn main() -> std::process::ExitCode {
     }
 }
 
-fn init_tracing(format: LogFormat) {
+/// Logs go to stderr through a background writer (one write per line from
+/// the request path cost a syscall per request); it blocks rather than drops
+/// when the writer falls behind. The guard flushes at exit.
+fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("HALITE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
+        .lossy(false)
+        .buffered_lines_limit(4096)
+        .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
-        .with_writer(std::io::stderr);
+        .with_writer(writer)
+        .with_ansi(false);
     match format {
         LogFormat::Text => builder.init(),
         LogFormat::Json => builder.json().init(),
     }
+    guard
 }
 
 /// Build the shared state for a master.

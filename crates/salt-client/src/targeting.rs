@@ -14,6 +14,10 @@ use crate::error::{Result, SaltError};
 
 const OPERATORS: [&str; 5] = ["and", "or", "not", "(", ")"];
 
+/// A target-type prefix such as `G@` or `L@`.
+static TYPE_PREFIX: std::sync::LazyLock<Regex> =
+    std::sync::LazyLock::new(|| Regex::new("^[A-Z]@").expect("static regex"));
+
 /// Expand `tgt`/`tgt_type` for publishing. Nodegroup targets become compound
 /// targets; `N@name` words of compound targets are replaced.
 pub fn expand(
@@ -108,21 +112,18 @@ pub fn nodegroup_comp(
     // No nested group: Salt returns the original words, and a plain list of
     // names (no operators, wildcards or X@ prefixes) becomes L@ (or E@).
     let has_operator = words.iter().any(|w| OPERATORS.contains(&w.as_str()));
-    if !has_operator {
-        let type_prefix = Regex::new("^[A-Z]@").expect("static regex");
-        if !words
-            .iter()
-            .any(|w| w.contains('*') || type_prefix.is_match(w))
-        {
-            let regex_chars = ['(', '[', '{', '\\', '?', '}', ']', ')'];
-            let joined = words.join(",");
-            let prefix = if words.iter().any(|w| w.contains(&regex_chars[..])) {
-                "E@"
-            } else {
-                "L@"
-            };
-            return vec![format!("{prefix}{joined}")];
-        }
+    let plain = !words
+        .iter()
+        .any(|w| w.contains('*') || TYPE_PREFIX.is_match(w));
+    if !has_operator && plain {
+        let regex_chars = ['(', '[', '{', '\\', '?', '}', ']', ')'];
+        let joined = words.join(",");
+        let prefix = if words.iter().any(|w| w.contains(&regex_chars[..])) {
+            "E@"
+        } else {
+            "L@"
+        };
+        return vec![format!("{prefix}{joined}")];
     }
     words
 }

@@ -56,15 +56,19 @@ pub fn runner_load(low: &Lowstate) -> Result<Json> {
     Ok(Json::Object(load))
 }
 
+/// `name=value` (Salt's `kwarg_regex`). Compiled once: building a Unicode
+/// regex costs about a millisecond, more than the rest of a runner call.
+static KWARG_RE: std::sync::LazyLock<Regex> =
+    std::sync::LazyLock::new(|| Regex::new(r"(?s)^([^\W\d]\w*)=(.*)$").expect("static regex"));
+
 /// `salt.utils.args.parse_input(args, condition=False)`: `name=value`
 /// strings and `{"__kwarg__": true, ...}` maps become keyword arguments.
 pub fn parse_input(args: Vec<Json>) -> (Vec<Json>, Map<String, Json>) {
-    let kwarg_re = Regex::new(r"(?s)^([^\W\d]\w*)=(.*)$").expect("static regex");
     let mut out_args = Vec::new();
     let mut kwargs = Map::new();
     for arg in args {
         match arg {
-            Json::String(s) => match kwarg_re.captures(&s) {
+            Json::String(s) => match KWARG_RE.captures(&s) {
                 Some(c) if !c[2].starts_with('=') => {
                     kwargs.insert(c[1].to_owned(), yamlify_arg(&c[2]));
                 }
