@@ -185,7 +185,7 @@ impl FrameDecoder {
                 return Ok(None);
             };
             let framing = *self.framing.get_or_insert_with(|| detect_framing(first));
-            let item = match framing {
+            let frame = match framing {
                 Framing::Prefixed => {
                     if self.buf.len() < 4 {
                         return Ok(None);
@@ -201,8 +201,7 @@ impl FrameDecoder {
                         return Ok(None);
                     }
                     self.buf.advance(4);
-                    let frame = self.buf.split_to(len);
-                    value::decode(&frame).map_err(|e| format!("undecodable event frame: {e}"))?
+                    self.buf.split_to(len).freeze()
                 }
                 Framing::Bare => match msgpack_len(&self.buf)? {
                     None => {
@@ -211,27 +210,84 @@ impl FrameDecoder {
                         }
                         return Ok(None);
                     }
-                    Some(len) => {
-                        let frame = self.buf.split_to(len);
-                        value::decode(&frame)
-                            .map_err(|e| format!("undecodable event frame: {e}"))?
-                    }
+                    Some(len) => self.buf.split_to(len).freeze(),
                 },
             };
-            match value::get(&item, "body") {
-                Some(Mp::Binary(body)) => {
-                    let (tag, raw) = split_body(body);
-                    return Ok(Some(Event::new(tag, raw)));
-                }
-                Some(Mp::String(body)) => {
-                    let (tag, raw) = split_body(body.as_bytes());
-                    return Ok(Some(Event::new(tag, raw)));
-                }
+            match event_from_frame(&frame)? {
+                Some(ev) => return Ok(Some(ev)),
                 // Not an event (no body): skip it.
-                _ => continue,
+                None => continue,
             }
         }
     }
+}
+
+/// The event in one complete frame `{"head": {...}, "body": <tag>\n\n<data>}`,
+/// without copying: the body is found by walking the map's markers and the
+/// event data stays a slice of the frame (the bus carries every event of the
+/// master; most are only looked at for their tag). `Ok(None)` when the frame
+/// has no body.
+pub fn event_from_frame(frame: &Bytes) -> std::result::Result<Option<Event>, String> {
+    let bad = || "undecodable event frame".to_string();
+    let be = |at: usize, n: usize| -> std::result::Result<usize, String> {
+        frame
+            .get(at..at + n)
+            .map(|b| b.iter().fold(0usize, |acc, x| (acc << 8) | usize::from(*x)))
+            .ok_or_else(bad)
+    };
+    // (header length, payload length) of a str/bin item at `at`.
+    let string_at = |at: usize| -> std::result::Result<Option<(usize, usize)>, String> {
+        let Some(&m) = frame.get(at) else {
+            return Err(bad());
+        };
+        Ok(match m {
+            0xa0..=0xbf => Some((1, usize::from(m & 0x1f))),
+            0xc4 | 0xd9 => Some((2, be(at + 1, 1)?)),
+            0xc5 | 0xda => Some((3, be(at + 1, 2)?)),
+            0xc6 | 0xdb => Some((5, be(at + 1, 4)?)),
+            _ => None,
+        })
+    };
+    let Some(&m) = frame.first() else {
+        return Ok(None);
+    };
+    let (mut pos, pairs) = match m {
+        0x80..=0x8f => (1, usize::from(m & 0x0f)),
+        0xde => (3, be(1, 2)?),
+        0xdf => (5, be(1, 4)?),
+        _ => return Ok(None),
+    };
+    for _ in 0..pairs {
+        let key = match string_at(pos)? {
+            Some((hdr, len)) => {
+                let key = frame.get(pos + hdr..pos + hdr + len).ok_or_else(bad)?;
+                pos += hdr + len;
+                key
+            }
+            None => {
+                let len = msgpack_len(&frame[pos..])?.ok_or_else(bad)?;
+                pos += len;
+                &frame[0..0]
+            }
+        };
+        if key == b"body" {
+            let (hdr, len) = string_at(pos)?.ok_or_else(bad)?;
+            if frame.len() < pos + hdr + len {
+                return Err(bad());
+            }
+            let body = frame.slice(pos + hdr..pos + hdr + len);
+            return Ok(Some(match body.windows(2).position(|w| w == b"\n\n") {
+                Some(i) => Event::new(
+                    String::from_utf8_lossy(&body[..i]).into_owned(),
+                    body.slice(i + 2..),
+                ),
+                None => Event::new(String::from_utf8_lossy(&body).into_owned(), Bytes::new()),
+            }));
+        }
+        let len = msgpack_len(frame.get(pos..).ok_or_else(bad)?)?.ok_or_else(bad)?;
+        pos += len;
+    }
+    Ok(None)
 }
 
 /// The length of the msgpack item at the start of `buf`, or `None` if it is
@@ -799,6 +855,44 @@ mod tests {
 
     fn frame_bytes(tag: &str, data: &Json, framing: Framing) -> Vec<u8> {
         encode_frame(&pack_body(tag, data), framing)
+    }
+
+    #[test]
+    fn frame_walker_matches_a_full_decode() {
+        for data in [
+            json!({"a": 1}),
+            json!({"return": "x".repeat(70_000)}),
+            json!(null),
+        ] {
+            let body = pack_body("salt/job/1/ret/m", &data);
+            // body as bin (3006+) and as str (what 3008 accepts on the pull side)
+            for msg in [
+                value::map([
+                    ("head", Mp::Map(vec![])),
+                    ("body", Mp::Binary(body.clone())),
+                ]),
+                value::map([
+                    (
+                        "body",
+                        Mp::from(String::from_utf8_lossy(&body).into_owned()),
+                    ),
+                    ("head", Mp::Map(vec![])),
+                ]),
+            ] {
+                let frame = Bytes::from(value::encode(&msg));
+                let ev = event_from_frame(&frame)
+                    .expect("valid")
+                    .expect("has a body");
+                assert_eq!(ev.tag, "salt/job/1/ret/m");
+                if msg.as_map().is_some_and(|m| matches!(m[0].1, Mp::Map(_))) {
+                    assert_eq!(ev.data(), &data);
+                }
+            }
+        }
+        let no_body = Bytes::from(value::encode(&value::map([("head", Mp::Map(vec![]))])));
+        assert!(event_from_frame(&no_body).expect("valid").is_none());
+        let truncated = Bytes::from(vec![0x81, 0xa4, b'b', b'o', b'd', b'y', 0xc4, 0x10, 1, 2]);
+        assert!(event_from_frame(&truncated).is_err());
     }
 
     #[test]
