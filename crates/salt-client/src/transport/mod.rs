@@ -28,6 +28,12 @@ const MAX_IDLE: Duration = Duration::from_secs(5);
 const MAX_POOLED: usize = 64;
 /// Connections open at once (bounds file descriptors under any load).
 const MAX_OPEN: usize = 1024;
+/// Connections open at once with the `tcp` transport. Salt's tcp request
+/// server listens with a backlog of 5 (`salt/transport/tcp.py`, 3006–3008):
+/// 150 simultaneous connects overflowed its accept queue and the rest waited
+/// on SYN retransmission for tens of seconds. The master has few workers
+/// (`worker_threads`, 5 by default), so a handful of connections loses nothing.
+const MAX_OPEN_TCP: usize = 8;
 /// How long establishing a connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -60,7 +66,10 @@ impl RequestChannel {
             transport,
             addr,
             idle: Mutex::new(Vec::new()),
-            open: Semaphore::new(MAX_OPEN),
+            open: Semaphore::new(match transport {
+                RequestTransport::Tcp => MAX_OPEN_TCP,
+                _ => MAX_OPEN,
+            }),
         }
     }
 

@@ -1,7 +1,9 @@
 //! Salt's `tcp` request transport: a byte stream of concatenated msgpack maps
 //! `{"head": {"mid": <id>}, "body": <envelope>}`, the reply echoing `head`
-//! (salt-protocol §3.2). One request per connection at a time: the master
-//! serves one connection's requests one after another anyway.
+//! (salt-protocol §3.2). One request per connection at a time, on at most a
+//! few connections (see `MAX_OPEN_TCP` in `transport/mod.rs`): the master's
+//! listen backlog is 5. Pipelining several requests per connection, matched
+//! by `mid`, would serve more at once with the same connections.
 
 use bytes::{Buf, BytesMut};
 use rmpv::Value as Mp;
