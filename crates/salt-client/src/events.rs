@@ -439,7 +439,11 @@ struct Waiter {
 #[derive(Default)]
 struct State {
     by_jid: HashMap<String, Vec<Waiter>>,
+    /// Recent runner/wheel events in arrival order (for eviction) ...
     recent: VecDeque<Arc<Event>>,
+    /// ... and the same events by jid, so registering a waiter is a lookup,
+    /// not a scan (every `local` call registers one).
+    recent_by_jid: HashMap<String, Vec<Arc<Event>>>,
     recent_bytes: usize,
 }
 
@@ -558,7 +562,7 @@ impl EventBus {
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
         let lost = Arc::new(AtomicBool::new(false));
         let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
-        for ev in state.recent.iter().filter(|e| e.jid() == Some(jid)) {
+        for ev in state.recent_by_jid.get(jid).into_iter().flatten() {
             let _ = tx.try_send(ev.clone());
         }
         state
@@ -770,10 +774,26 @@ fn dispatch(shared: &Shared, event: Event) {
         if cache && event.raw_len() < RECENT_BYTES / 4 {
             state.recent_bytes += event.raw_len();
             state.recent.push_back(event.clone());
+            state
+                .recent_by_jid
+                .entry(jid.to_owned())
+                .or_default()
+                .push(event.clone());
             while state.recent.len() > RECENT_EVENTS || state.recent_bytes > RECENT_BYTES {
-                match state.recent.pop_front() {
-                    Some(old) => state.recent_bytes -= old.raw_len(),
-                    None => break,
+                let Some(old) = state.recent.pop_front() else {
+                    break;
+                };
+                state.recent_bytes -= old.raw_len();
+                if let Some(old_jid) = old.jid() {
+                    if let Some(list) = state.recent_by_jid.get_mut(old_jid) {
+                        // The oldest event of a jid is the first in its list.
+                        if !list.is_empty() {
+                            list.remove(0);
+                        }
+                        if list.is_empty() {
+                            state.recent_by_jid.remove(old_jid);
+                        }
+                    }
                 }
             }
         }
@@ -893,6 +913,34 @@ mod tests {
         assert!(event_from_frame(&no_body).expect("valid").is_none());
         let truncated = Bytes::from(vec![0x81, 0xa4, b'b', b'o', b'd', b'y', 0xc4, 0x10, 1, 2]);
         assert!(event_from_frame(&truncated).is_err());
+    }
+
+    #[tokio::test]
+    async fn recent_runner_events_are_replayed_and_evicted() {
+        let bus = EventBus::start_at(
+            Endpoint::Unix("/nonexistent/pub".into()),
+            Endpoint::Unix("/nonexistent/pull".into()),
+        );
+        let data = Bytes::from(value::encode(&value::from_json(&json!({"return": 1}))));
+        for i in 0..(RECENT_EVENTS + 10) {
+            dispatch(
+                &bus.shared,
+                Event::new(format!("salt/run/{:020}/ret", i), data.clone()),
+            );
+        }
+        // The oldest were evicted, the newest are replayed to a late waiter.
+        let mut late = bus.subscribe_jid(&format!("{:020}", RECENT_EVENTS + 9));
+        let ev = late.recv().await.expect("replayed");
+        assert_eq!(ev.data(), &json!({"return": 1}));
+        let mut early = bus.subscribe_jid(&format!("{:020}", 0));
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), early.recv())
+                .await
+                .is_err()
+        );
+        let state = bus.shared.state.lock().expect("lock");
+        assert_eq!(state.recent.len(), RECENT_EVENTS);
+        assert_eq!(state.recent_by_jid.len(), RECENT_EVENTS);
     }
 
     #[test]
