@@ -95,11 +95,12 @@ pub fn jid_of_tag(tag: &str) -> Option<&str> {
 }
 
 /// Split an event body `<tag>\n\n<msgpack>` into tag and data.
-pub fn split_body(body: &[u8]) -> (String, Bytes) {
+/// The data stays a slice of `body` (no copy).
+pub fn split_body(body: &Bytes) -> (String, Bytes) {
     match body.windows(2).position(|w| w == b"\n\n") {
         Some(i) => (
             String::from_utf8_lossy(&body[..i]).into_owned(),
-            Bytes::copy_from_slice(&body[i + 2..]),
+            body.slice(i + 2..),
         ),
         None => (String::from_utf8_lossy(body).into_owned(), Bytes::new()),
     }
@@ -276,13 +277,8 @@ pub fn event_from_frame(frame: &Bytes) -> std::result::Result<Option<Event>, Str
                 return Err(bad());
             }
             let body = frame.slice(pos + hdr..pos + hdr + len);
-            return Ok(Some(match body.windows(2).position(|w| w == b"\n\n") {
-                Some(i) => Event::new(
-                    String::from_utf8_lossy(&body[..i]).into_owned(),
-                    body.slice(i + 2..),
-                ),
-                None => Event::new(String::from_utf8_lossy(&body).into_owned(), Bytes::new()),
-            }));
+            let (tag, data) = split_body(&body);
+            return Ok(Some(Event::new(tag, data)));
         }
         let len = msgpack_len(frame.get(pos..).ok_or_else(bad)?)?.ok_or_else(bad)?;
         pos += len;
