@@ -476,7 +476,15 @@ async fn keys_list_finger_and_gen_accept() {
     let body = json!({"client": "wheel", "fun": "key.delete", "match": id, "token": token});
     let (s, v) = post_json(&c, &h.url("/run"), None, &body).await;
     assert_eq!(s, 200, "{v}");
-    let (_, v) = get_json(&c, &h.url("/keys"), Some(&token)).await;
+    assert_eq!(v["return"][0]["data"]["success"], json!(true), "{v}");
+    let (s, v) = get_json(&c, &h.url("/keys"), Some(&token)).await;
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        v["return"]["minions"]
+            .as_array()
+            .is_some_and(|a| a.contains(&json!("ms-0"))),
+        "{v}"
+    );
     assert!(!v.to_string().contains(&id), "{v}");
 
     // Errors: no mid, bad credentials.

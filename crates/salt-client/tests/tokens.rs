@@ -46,10 +46,9 @@ async fn auto_token_round_trip() {
     );
     assert_eq!(token["name"], json!("saltdev"));
     assert_eq!(token["eauth"], json!("auto"));
-    assert!(
-        token["expire"].as_f64() > token["start"].as_f64(),
-        "{token:?}"
-    );
+    let start = token["start"].as_f64().expect("start is a number");
+    let expire = token["expire"].as_f64().expect("expire is a number");
+    assert!(expire > start, "{token:?}");
 
     let record = get_token(m, &text)
         .await
