@@ -58,7 +58,7 @@ async fn index_get() {
     for want in ["local", "local_async", "runner", "wheel"] {
         assert!(clients.contains(&want), "{clients:?}");
     }
-    // Deliberate (compat-notes): only clients halite serves; no destroy/ssh.
+    // Deliberate (docs/COMPATIBILITY.md): only clients halite serves; no destroy/ssh.
     assert!(!clients.contains(&"ssh") && !clients.contains(&"destroy"));
 }
 
@@ -294,7 +294,7 @@ async fn logout_revokes_the_token() {
     assert_eq!(r.status(), 401);
     let r = c.post(h.url("/logout")).send().await.unwrap();
     assert_eq!(r.status(), 401);
-    // Deliberate (compat-notes): GET /logout is 405 (salt-api: 500).
+    // Deliberate (docs/COMPATIBILITY.md): GET /logout is 405 (salt-api: 500).
     let (s, v) = get_json(&c, &h.url("/logout"), None).await;
     assert_error(s, &v, 405);
 }
@@ -521,7 +521,7 @@ async fn events_stream() {
         c.get(&url).header("Cookie", format!("session_id={token}")),
     )
     .await;
-    // Deliberate (compat-notes): ?token= and ?salt_token= work (salt-api: 400).
+    // Deliberate (docs/COMPATIBILITY.md): ?token= and ?salt_token= work (salt-api: 400).
     let _by_query = open_events(&c, c.get(format!("{url}?token={token}"))).await;
     let _by_salt = open_events(&c, c.get(format!("{url}?salt_token={token}"))).await;
     for bad in [
@@ -693,7 +693,7 @@ async fn hook_fires_events() {
     let headers = ev["data"]["headers"].as_object().unwrap();
     assert_eq!(headers["X-Custom"], "v1");
     assert_eq!(headers["Content-Type"], "application/json");
-    // Deliberate (compat-notes): credentials are not copied into the event.
+    // Deliberate (docs/COMPATIBILITY.md): credentials are not copied into the event.
     assert!(!headers.contains_key("X-Auth-Token") && !headers.contains_key("Cookie"));
     assert!(!ev.to_string().contains(&token));
 

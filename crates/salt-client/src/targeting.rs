@@ -3,7 +3,7 @@
 //! The master resolves nodegroups for its own minion list, but minions get the
 //! target unexpanded and never match, so the client must expand `nodegroup`
 //! targets and `N@` words in compound targets first, as `LocalClient._prep_pub`
-//! does with `salt.utils.minions.nodegroup_comp` (salt-protocol §5.9).
+//! does with `salt.utils.minions.nodegroup_comp` (docs/PROTOCOL.md §5.9).
 
 use std::collections::HashSet;
 

@@ -32,7 +32,7 @@ fn read(dir: &Path, name: &str) -> Option<Vec<u8>> {
     std::fs::read(dir.join(name)).ok()
 }
 
-/// The publish-side framing of a release (salt-protocol §4.2).
+/// The publish-side framing of a release (docs/PROTOCOL.md §4.2).
 fn expected_pub_framing(version: &str) -> Framing {
     let mut parts = version.split('.').map(|p| p.parse::<u32>().unwrap_or(0));
     match (parts.next().unwrap_or(0), parts.next().unwrap_or(0)) {

@@ -58,7 +58,7 @@ async fn auto_token_round_trip() {
     assert_eq!(record["name"], json!("saltdev"));
     assert_eq!(record["expire"], token["expire"]);
 
-    let perms = permissions(&m.config().external_auth(), &record);
+    let perms = permissions(m.config().external_auth(), &record);
     assert!(perms.contains(&json!("@runner")), "{perms:?}");
 
     token_works_everywhere(&n, &text, &lab.all(json!(true))).await;
