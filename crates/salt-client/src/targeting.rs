@@ -150,10 +150,10 @@ mod tests {
 
     #[test]
     fn matches_the_wire_observed_in_the_labs() {
-        // p04: first_two: 'L@ms-0,ms-1' -> tgt "L@ms-0,ms-1", compound
+        // Seen on the wire from real masters: first_two: 'L@ms-0,ms-1' -> tgt "L@ms-0,ms-1", compound
         let (t, tt) = expand(&json!("first_two"), "nodegroup", &groups(), "m").expect("ok");
         assert_eq!((t, tt.as_str()), (json!("L@ms-0,ms-1"), "compound"));
-        // p04: "N@first_two or ms-0" -> "L@ms-0,ms-1 or ms-0"
+        // and "N@first_two or ms-0" -> "L@ms-0,ms-1 or ms-0"
         let (t, _) = expand(&json!("N@first_two or ms-0"), "compound", &groups(), "m").expect("ok");
         assert_eq!(t, json!("L@ms-0,ms-1 or ms-0"));
     }
