@@ -98,7 +98,11 @@ struct Caller {
 
 impl State {
     fn token(&self, token: &str) -> Option<Json> {
-        let tokens = lock(&self.tokens);
+        let mut tokens = lock(&self.tokens);
+        if !self.token_dir.join(format!("{token}.p")).is_file() {
+            tokens.remove(token);
+            return None;
+        }
         let rec = tokens.get(token)?;
         (rec["expire"].as_f64().unwrap_or(0.0) > now()).then(|| rec.clone())
     }
@@ -137,6 +141,10 @@ impl State {
         let t = now();
         let rec = json!({"token": token, "start": t, "expire": t + 43200.0,
             "name": user, "eauth": eauth});
+        let file = self.token_dir.join(format!("{token}.p"));
+        if std::fs::write(&file, rec.to_string()).is_err() {
+            return Reply::Value(json!("Some exception handling minion payload"));
+        }
         lock(&self.tokens).insert(token, rec.clone());
         Reply::Value(rec)
     }
@@ -281,6 +289,45 @@ impl State {
                 Some(Json::Object(jobs.get(want).cloned().unwrap_or_default()))
             }
             "manage.up" => Some(json!(self.minions)),
+            "jobs.list_job" => {
+                let want = kwargs
+                    .get("jid")
+                    .or_else(|| args.get(0))
+                    .and_then(Json::as_str)
+                    .unwrap_or("");
+                let jobs = lock(&self.jobs);
+                Some(match jobs.get(want) {
+                    Some(rets) => {
+                        let result: Map<String, Json> = rets
+                            .iter()
+                            .map(|(m, r)| {
+                                (
+                                    m.clone(),
+                                    json!({"return": r, "retcode": 0, "success": true}),
+                                )
+                            })
+                            .collect();
+                        json!({"jid": want, "Minions": rets.keys().collect::<Vec<_>>(),
+                            "Result": result, "StartTime": "2026, Jan 01 00:00:00.000000"})
+                    }
+                    None => json!({}),
+                })
+            }
+            "jobs.list_jobs" => {
+                let jobs = lock(&self.jobs);
+                Some(Json::Object(
+                    jobs.keys()
+                        .map(|j| {
+                            (
+                                j.clone(),
+                                json!({"Function": "test.ping", "Target": "*",
+                            "Target-type": "glob", "User": "saltdev",
+                            "StartTime": "2026, Jan 01 00:00:00.000000"}),
+                            )
+                        })
+                        .collect(),
+                ))
+            }
             _ => lock(&self.returns).get(&fun_full).cloned(),
         };
         // Salt 3008 fires no `ret` event for an unknown runner function.

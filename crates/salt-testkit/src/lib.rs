@@ -101,6 +101,9 @@ pub(crate) struct State {
     pub(crate) jobs: Mutex<HashMap<String, serde_json::Map<String, Json>>>,
     pub(crate) returns: Mutex<HashMap<String, Json>>,
     pub(crate) silent: Mutex<HashSet<String>>,
+    /// Where tokens are stored as files, as Salt 3008 stores them
+    /// (`<cachedir>/tokens/<token>.p`): removing the file revokes the token.
+    pub(crate) token_dir: PathBuf,
     next_jid: AtomicU64,
 }
 
@@ -187,6 +190,7 @@ impl FakeMaster {
             jobs: Mutex::default(),
             returns: Mutex::default(),
             silent: Mutex::default(),
+            token_dir: dir.path().join("cache/tokens"),
             next_jid: AtomicU64::new(1),
         });
         let config_path = dir.path().join("master");
