@@ -2,7 +2,7 @@
 //!
 //! `/login` mints a token with the master's `mk_token` and returns the
 //! master's token itself (Python salt-api returns a CherryPy session id that
-//! no other server understands; see compat-notes). The same fields as
+//! no other server understands). The same fields as
 //! salt-api: `token`, `start`, `expire`, `user`, `eauth`, `perms`.
 
 use std::net::SocketAddr;
@@ -58,6 +58,14 @@ pub async fn login_post(
         let creds = creds_of(parsed.data)?;
         let field = |k: &str| creds.get(k).and_then(Json::as_str).unwrap_or("").to_owned();
         let (eauth, username, password) = (field("eauth"), field("username"), field("password"));
+        // salt-api hands the credentials to the master, whose eauth call
+        // fails without a username or a password: 401, never a token for
+        // user "" (the `auto` backend would otherwise accept it).
+        if username.is_empty() || !matches!(creds.get("password"), Some(Json::String(_))) {
+            return Err(ApiError::unauthorized(
+                "Could not authenticate using provided credentials",
+            ));
+        }
         if let Some(wait) = state.throttle.retry_after(&username, Some(peer.ip())) {
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -100,12 +108,7 @@ pub async fn login_post(
             if let Ok(v) = HeaderValue::from_str(&token) {
                 h.insert("x-auth-token", v);
             }
-            let expires = chrono::DateTime::from_timestamp(expire as i64, 0)
-                .map(|d| d.format("%a, %d %b %Y %H:%M:%S GMT").to_string())
-                .unwrap_or_default();
-            if let Ok(v) =
-                HeaderValue::from_str(&format!("session_id={token}; expires={expires}; Path=/"))
-            {
+            if let Some(v) = session::session_cookie(&token, expire) {
                 h.insert(header::SET_COOKIE, v);
             }
             resp
@@ -130,12 +133,9 @@ pub async fn logout(State(state): State<CpState>, fmt: Format, headers: HeaderMa
     match r.await {
         Ok(v) => {
             let mut resp = fmt.ok(&v);
-            resp.headers_mut().insert(
-                header::SET_COOKIE,
-                HeaderValue::from_static(
-                    "session_id=; expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/",
-                ),
-            );
+            if let Some(v) = session::session_cookie("", 0.0) {
+                resp.headers_mut().insert(header::SET_COOKIE, v);
+            }
             resp
         }
         Err(e) => fmt.error(e),
@@ -143,7 +143,7 @@ pub async fn logout(State(state): State<CpState>, fmt: Format, headers: HeaderMa
 }
 
 /// Remove a token from the master's token store. There is no clear command
-/// for it (salt-protocol §3.5.4): salt-api deletes it in-process from the
+/// for it: salt-api deletes it in-process from the
 /// store on disk, and so does halite (it runs on the master host as the
 /// master user), then checks with `get_token`; the `auth.del_token` runner
 /// is the fallback for a store halite cannot reach (works on 3006/3007).
