@@ -203,12 +203,14 @@ fn not_available(fun: &str) -> SaltError {
 }
 
 /// The master's return for a function its loader does not have, recognised:
-/// the job "succeeds" with `success: false` and a traceback as its return
-/// (`Exception occurred in runner <fun>: Traceback ...`) ending in the
-/// loader's `KeyError: '<fun>'` (3006, 3007) or its
-/// `CommandExecutionError: '<fun>' is not available.`. A runner that
-/// raised for any other reason keeps its traceback as its return, as with
-/// Python salt-api.
+/// the job ends with `success: false` and a traceback as its return
+/// (`Exception occurred in runner <fun>: Traceback ...`) that ends in the
+/// loader's `verify_fun` raising `CommandExecutionError: '<fun>' is not
+/// available.` (or its reason, such as `__virtual__ returned False`), or
+/// in the loader's `KeyError: '<fun>'`. The error carries the loader's
+/// message without the traceback (which shows the master's file paths). A
+/// runner that raised for any other reason keeps its traceback as its
+/// return, as with Python salt-api.
 pub fn unavailable_function(fun: &str, data: &Json) -> Option<SaltError> {
     if data.get("success") != Some(&Json::Bool(false)) {
         return None;
@@ -216,9 +218,12 @@ pub fn unavailable_function(fun: &str, data: &Json) -> Option<SaltError> {
     let text = data.get("return")?.as_str()?;
     let rest = text.strip_prefix(&format!("Exception occurred in runner {fun}: "))?;
     let last = rest.trim_end().lines().last()?.trim();
-    let missing = last == format!("KeyError: '{fun}'")
-        || last.ends_with(&format!("CommandExecutionError: '{fun}' is not available."));
-    missing.then(|| not_available(fun))
+    if last == format!("KeyError: '{fun}'") {
+        return Some(not_available(fun));
+    }
+    let message = last.strip_prefix("salt.exceptions.CommandExecutionError: ")?;
+    (rest.contains("in verify_fun") && message.starts_with(&format!("'{fun}' ")))
+        .then(|| SaltError::Master(message.to_owned()))
 }
 
 /// How long a learnt function list is trusted for names it lists.
@@ -361,6 +366,34 @@ mod tests {
                 .cloned()
                 .unwrap_or_default()
         );
+    }
+
+    #[test]
+    fn missing_function_tracebacks_are_recognised() {
+        // Salt 3006.30's return for an unknown runner function (paths shortened).
+        let ret = |text: &str| json!({"fun": "runner.no_such.fn", "return": text, "success": false, "retcode": 1});
+        let verify = "Exception occurred in runner no_such.fn: Traceback (most recent call last):\n  \
+            File \"/v/salt/client/mixins.py\", line 341, in low\n    salt.utils.lazy.verify_fun(self_functions, fun)\n  \
+            File \"/v/salt/utils/lazy.py\", line 23, in verify_fun\n    raise salt.exceptions.CommandExecutionError(lazy_obj.missing_fun_string(fun))\n\
+            salt.exceptions.CommandExecutionError: 'no_such.fn' is not available.\n";
+        assert_eq!(
+            unavailable_function("no_such.fn", &ret(verify)),
+            Some(SaltError::Master("'no_such.fn' is not available.".into()))
+        );
+        let key_error = "Exception occurred in runner no_such.fn: Traceback (most recent call last):\n  \
+            File \"/v/salt/utils/lazy.py\", line 99, in __getitem__\n    raise KeyError(key)\nKeyError: 'no_such.fn'\n";
+        assert_eq!(
+            unavailable_function("no_such.fn", &ret(key_error)),
+            Some(SaltError::Master("'no_such.fn' is not available.".into()))
+        );
+        // A runner that raised by itself keeps its return.
+        let own = "Exception occurred in runner test.raise: Traceback (most recent call last):\n  \
+            File \"/v/salt/runners/test.py\", line 9, in raise\nsalt.exceptions.CommandExecutionError: 'x' is bad\n";
+        assert_eq!(unavailable_function("test.raise", &ret(own)), None);
+        let mut ok = ret(verify);
+        ok["success"] = json!(true);
+        assert_eq!(unavailable_function("no_such.fn", &ok), None);
+        assert_eq!(unavailable_function("other.fn", &ret(verify)), None);
     }
 
     #[test]
