@@ -60,8 +60,9 @@ pub async fn login_post(
         let (eauth, username, password) = (field("eauth"), field("username"), field("password"));
         // salt-api hands the credentials to the master, whose eauth call
         // fails without a username or a password: 401, never a token for
-        // user "" (the `auto` backend would otherwise accept it).
-        if username.is_empty() || !matches!(creds.get("password"), Some(Json::String(_))) {
+        // a user nobody named (the `auto` backend would accept "").
+        let given = |k: &str| matches!(creds.get(k), Some(Json::String(_)));
+        if !given("username") || !given("password") {
             return Err(ApiError::unauthorized(
                 "Could not authenticate using provided credentials",
             ));

@@ -98,10 +98,18 @@ pub fn yamlify_arg(text: &str) -> Json {
     }
 }
 
-/// `runner_async`: start the runner and return `{jid, tag}`.
+/// `runner_async`: start the runner and return `{jid, tag}`. A function
+/// the master does not have is `'<fun>' is not available.` (500), as with
+/// Python salt-api, which checks the name before it starts the job; halite
+/// checks it once the master has accepted the credentials (the job the
+/// master started for it ends at once without doing anything).
 pub async fn runner_async(master: &Master, low: Lowstate) -> Result<Json> {
     let load = runner_load(&low)?;
     let reply = master.request(value::from_json(&load), secs(60.0)).await?;
+    let fun = load["fun"].as_str().unwrap_or_default();
+    if RunnerFunctions::is_known(master, &load, fun).await == Some(false) {
+        return Err(not_available(fun));
+    }
     Ok(value::to_json(&reply))
 }
 
