@@ -1,6 +1,7 @@
 //! The rest_wsgi surface (the seed): `POST /` with a JSON list of lowstates,
 //! each carrying its own credentials. Like rest_wsgi, the path is not
-//! looked at: every path behaves as `/`.
+//! looked at: every path behaves as `/`. Every reply, errors included, is
+//! `{"return": ...}`.
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -24,7 +25,7 @@ async fn handle(State(state): State<AppState>, req: Request<Body>) -> Result<Res
     match *req.method() {
         Method::GET | Method::HEAD => Ok(json_response(
             StatusCode::OK,
-            &json!("Welcome to halite, a REST API for Salt (rest_wsgi surface). POST a JSON list of lowstate objects to /."),
+            &json!({"return": "Welcome to halite, a REST API for Salt (rest_wsgi surface). POST a JSON list of lowstate objects to /."}),
         )),
         Method::POST => {
             let content_type = req

@@ -68,6 +68,14 @@ fn credentials(auth: &str, s: &Secrets) -> Map<String, Value> {
         "pam" => m = creds("pam", &s.pam_user, &s.pam_password),
         "pam_bad" => m = creds("pam", &s.pam_user, "not-the-password"),
         "limited" => m = creds("auto", "limited", "differential"),
+        "hal_no_password" => {
+            m = hal("differential");
+            m.remove("password");
+        }
+        "hal_no_username" => {
+            m = hal("differential");
+            m.remove("username");
+        }
         "eauth_unknown" => m = creds("nosuch", "hal", "differential"),
         "token" => m = tok(&s.token),
         "token_unknown" => {

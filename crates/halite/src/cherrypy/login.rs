@@ -58,6 +58,15 @@ pub async fn login_post(
         let creds = creds_of(parsed.data)?;
         let field = |k: &str| creds.get(k).and_then(Json::as_str).unwrap_or("").to_owned();
         let (eauth, username, password) = (field("eauth"), field("username"), field("password"));
+        // salt-api hands the credentials to the master, whose eauth call
+        // fails without a username or a password: 401, never a token for
+        // a user nobody named (the `auto` backend would accept "").
+        let given = |k: &str| matches!(creds.get(k), Some(Json::String(_)));
+        if !given("username") || !given("password") {
+            return Err(ApiError::unauthorized(
+                "Could not authenticate using provided credentials",
+            ));
+        }
         if let Some(wait) = state.throttle.retry_after(&username, Some(peer.ip())) {
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -100,12 +109,7 @@ pub async fn login_post(
             if let Ok(v) = HeaderValue::from_str(&token) {
                 h.insert("x-auth-token", v);
             }
-            let expires = chrono::DateTime::from_timestamp(expire as i64, 0)
-                .map(|d| d.format("%a, %d %b %Y %H:%M:%S GMT").to_string())
-                .unwrap_or_default();
-            if let Ok(v) =
-                HeaderValue::from_str(&format!("session_id={token}; expires={expires}; Path=/"))
-            {
+            if let Some(v) = session::session_cookie(&token, expire) {
                 h.insert(header::SET_COOKIE, v);
             }
             resp
@@ -130,12 +134,9 @@ pub async fn logout(State(state): State<CpState>, fmt: Format, headers: HeaderMa
     match r.await {
         Ok(v) => {
             let mut resp = fmt.ok(&v);
-            resp.headers_mut().insert(
-                header::SET_COOKIE,
-                HeaderValue::from_static(
-                    "session_id=; expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/",
-                ),
-            );
+            if let Some(v) = session::session_cookie("", 0.0) {
+                resp.headers_mut().insert(header::SET_COOKIE, v);
+            }
             resp
         }
         Err(e) => fmt.error(e),

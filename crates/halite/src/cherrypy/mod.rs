@@ -102,6 +102,7 @@ pub fn router(app: AppState, opts: CherrypyOptions) -> Router {
         .fallback(not_found)
         .with_state(state.clone())
         .merge(crate::health::routes().with_state(app))
+        .layer(middleware::from_fn(private_cache))
         .layer(middleware::from_fn_with_state(state.clone(), html_override))
         .layer(middleware::from_fn(cors))
         .layer(tower_http::compression::CompressionLayer::new().gzip(true));
@@ -159,6 +160,27 @@ async fn stats(
             "job_waiters": master.bus().waiting_jids(),
         }
     }))
+}
+
+/// `Cache-Control: private` on every reply to a request that carried a
+/// session (token header, `session_id` cookie or `?token=`) and on every
+/// reply that sets the session cookie, as CherryPy's session tool marks
+/// them: a shared cache in front of halite must not hand one user's answer
+/// to another. A reply that chose its own `Cache-Control` keeps it.
+async fn private_cache(req: Request, next: Next) -> Response {
+    let query_token = req.uri().query().is_some_and(|q| {
+        q.split('&')
+            .any(|kv| kv.starts_with("token=") || kv.starts_with("salt_token="))
+    });
+    let with_session = query_token || session::request_token(req.headers()).is_some();
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    if (with_session || h.contains_key(header::SET_COOKIE))
+        && !h.contains_key(header::CACHE_CONTROL)
+    {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+    }
+    resp
 }
 
 /// CORS as rest_cherrypy's `cors_tool` sends it; preflights answered here.

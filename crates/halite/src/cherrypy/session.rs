@@ -12,7 +12,7 @@ use std::net::IpAddr;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use axum::http::HeaderMap;
+use axum::http::{HeaderMap, HeaderValue};
 use salt_client::auth;
 use salt_client::master::Master;
 
@@ -40,6 +40,30 @@ pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v.trim_matches('"').to_owned())
         .filter(|v| !v.is_empty())
+}
+
+/// The `Set-Cookie` value of the `session_id` cookie for `token`, valid
+/// until `expire` (Unix time, the token's own expiry): `expires`, `Max-Age`
+/// (the remaining lifetime) and `Path=/`, as CherryPy's session tool sends
+/// it. An empty `token` (logout) gives a cookie that is already expired.
+/// Every `session_id` cookie halite sends is built here.
+pub fn session_cookie(token: &str, expire: f64) -> Option<HeaderValue> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    let (expire, max_age) = if token.is_empty() || !expire.is_finite() {
+        (0, 0)
+    } else {
+        (expire as i64, (expire - now).max(0.0) as i64)
+    };
+    let expires = chrono::DateTime::from_timestamp(expire, 0)
+        .unwrap_or_default()
+        .format("%a, %d %b %Y %H:%M:%S GMT");
+    HeaderValue::from_str(&format!(
+        "session_id={token}; expires={expires}; Max-Age={max_age}; Path=/"
+    ))
+    .ok()
 }
 
 /// The session token or 401 (rest_cherrypy's `salt_auth` tool). The token
@@ -122,7 +146,32 @@ impl LoginThrottle {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use axum::http::HeaderValue;
+
+    #[test]
+    fn cookie_carries_the_remaining_lifetime() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs_f64();
+        let v = session_cookie("cafe", now + 3600.0).expect("a header value");
+        let v = v.to_str().expect("ascii");
+        assert!(v.starts_with("session_id=cafe; expires="), "{v}");
+        assert!(v.ends_with("; Path=/"), "{v}");
+        let max_age: i64 = v
+            .split("Max-Age=")
+            .nth(1)
+            .and_then(|r| r.split(';').next())
+            .and_then(|n| n.parse().ok())
+            .expect("Max-Age");
+        assert!((3590..=3600).contains(&max_age), "{v}");
+        let gone = session_cookie("", 0.0).expect("a header value");
+        assert_eq!(
+            gone,
+            "session_id=; expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0; Path=/"
+        );
+        // A token with a byte a header cannot carry gives no cookie.
+        assert!(session_cookie("a\nb", now + 1.0).is_none());
+    }
 
     #[test]
     fn header_wins_over_cookie() {

@@ -93,6 +93,21 @@ impl Netapi {
                 "No authentication credentials given".into(),
             ));
         }
+        // Every eauth backend is called with a username and a password;
+        // without one the master's eauth call raises (3006 answers with an
+        // exception, 3008 with an authentication error). Either way the
+        // caller failed to authenticate.
+        if !low.contains_key("token")
+            && (!low.contains_key("username") || !low.contains_key("password"))
+        {
+            let user = low
+                .get("username")
+                .and_then(Json::as_str)
+                .unwrap_or("UNKNOWN");
+            return Err(SaltError::Authentication(format!(
+                "Authentication failure of type \"eauth\" occurred for user {user}."
+            )));
+        }
         if truthy(low.get("raw_shell")) && !config.netapi_allow_raw_shell() {
             return Err(SaltError::Authentication(
                 "Raw shell option not allowed.".into(),
