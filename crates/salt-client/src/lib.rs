@@ -29,5 +29,6 @@ pub mod redact;
 pub mod targeting;
 pub mod transport;
 pub mod value;
+pub mod yaml;
 
 pub use error::{ErrorKind, SaltError};
