@@ -116,7 +116,7 @@ async fn account(State(state): State<AppState>, req: Request, next: Next) -> Res
     }
     let _guard = InFlight(&m.in_flight);
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    let path = crate::logsafe::uri(req.uri());
     let started = std::time::Instant::now();
     let resp = next.run(req).await;
     let status = resp.status();

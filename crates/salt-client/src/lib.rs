@@ -19,6 +19,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod acl;
 pub mod auth;
 pub mod clients;
 pub mod config;
