@@ -33,6 +33,7 @@ mod body;
 mod cherrypy;
 pub mod error;
 mod health;
+mod logsafe;
 mod lowstate;
 pub mod metrics;
 mod pyjson;
@@ -41,6 +42,7 @@ mod router;
 mod serve;
 pub mod settings;
 mod state;
+mod throttle;
 mod wsgi;
 
 pub use router::router;

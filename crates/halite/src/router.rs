@@ -45,7 +45,7 @@ async fn account(State(state): State<AppState>, req: Request, next: Next) -> Res
     m.in_flight.fetch_add(1, Ordering::Relaxed);
     let _guard = InFlight(&m.in_flight);
     let method = req.method().clone();
-    let path = req.uri().path().to_owned();
+    let path = crate::logsafe::uri(req.uri());
     let started = std::time::Instant::now();
     let resp = next.run(req).await;
     let status = resp.status();

@@ -18,7 +18,10 @@ use crate::state::AppState;
 
 /// The router of the rest_wsgi surface.
 pub fn router(state: AppState) -> Router {
-    Router::new().fallback(handle).with_state(state)
+    Router::new()
+        .fallback(handle)
+        .with_state(state)
+        .layer(axum::middleware::from_fn(crate::throttle::remember_peer))
 }
 
 async fn handle(State(state): State<AppState>, req: Request<Body>) -> Result<Response, ApiError> {

@@ -18,6 +18,7 @@ use super::format::{self, Format};
 use super::lowdata::{exec, parse};
 use super::{session, CpState};
 use crate::error::ApiError;
+use crate::throttle::{self, Throttle};
 
 /// `GET /login`: how to log in. `status` is `null` as in salt-api (it
 /// reports CherryPy's not-yet-set response status).
@@ -67,12 +68,9 @@ pub async fn login_post(
                 "Could not authenticate using provided credentials",
             ));
         }
-        if let Some(wait) = state.throttle.retry_after(&username, Some(peer.ip())) {
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!("Too many failed logins; try again in {wait} s"),
-            ));
-        }
+        let attempt = Throttle::global()
+            .begin(&username, Some(peer.ip()))
+            .map_err(|t| ApiError::new(StatusCode::TOO_MANY_REQUESTS, throttle::message(t)))?;
         let mut extra = Map::new();
         if let Some(v) = creds.get("token_expire") {
             extra.insert("token_expire".into(), v.clone());
@@ -80,14 +78,14 @@ pub async fn login_post(
         let token = match auth::mk_token(&master, &eauth, &username, &password, &extra).await? {
             Some(t) => t,
             None => {
-                state.throttle.failed(&username, Some(peer.ip()));
-                tracing::info!(user = %username, eauth = %eauth, peer = %peer.ip(), "login failed");
+                attempt.failed();
+                tracing::info!(user = %crate::logsafe::bounded(&username), eauth = %crate::logsafe::bounded(&eauth), peer = %peer.ip(), "login failed");
                 return Err(ApiError::unauthorized(
                     "Could not authenticate using provided credentials",
                 ));
             }
         };
-        state.throttle.succeeded(&username);
+        attempt.succeeded();
         let perms = auth::permissions(master.config().external_auth(), &token);
         let value = |k: &str| token.get(k).cloned().unwrap_or(Json::Null);
         let t = value("token").as_str().unwrap_or_default().to_owned();
@@ -109,7 +107,7 @@ pub async fn login_post(
             if let Ok(v) = HeaderValue::from_str(&token) {
                 h.insert("x-auth-token", v);
             }
-            if let Some(v) = session::session_cookie(&token, expire) {
+            if let Some(v) = session::session_cookie(&token, expire, state.opts.tls) {
                 h.insert(header::SET_COOKIE, v);
             }
             resp
@@ -120,6 +118,7 @@ pub async fn login_post(
 
 /// `POST /logout`: revoke the token on the master and expire the cookie.
 pub async fn logout(State(state): State<CpState>, fmt: Format, headers: HeaderMap) -> Response {
+    let secure = state.opts.tls;
     let master = state.app.netapi.master().clone();
     let r = async {
         let token = session::require_token(&headers)?;
@@ -134,7 +133,7 @@ pub async fn logout(State(state): State<CpState>, fmt: Format, headers: HeaderMa
     match r.await {
         Ok(v) => {
             let mut resp = fmt.ok(&v);
-            if let Some(v) = session::session_cookie("", 0.0) {
+            if let Some(v) = session::session_cookie("", 0.0, secure) {
                 resp.headers_mut().insert(header::SET_COOKIE, v);
             }
             resp
@@ -156,7 +155,7 @@ async fn revoke(state: &CpState, token: &str) -> bool {
     let dir = master.config().token_dir();
     for path in [dir.join(token), dir.join(format!("{token}.p"))] {
         match tokio::fs::remove_file(&path).await {
-            Ok(()) => tracing::debug!(path = %path.display(), "token removed"),
+            Ok(()) => tracing::debug!("token file removed"),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => tracing::warn!(error = %e, "cannot remove a token file"),
         }

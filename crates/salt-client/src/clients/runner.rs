@@ -92,7 +92,7 @@ pub fn yamlify_arg(text: &str) -> Json {
     if text.is_empty() || text.trim() != text || text.contains('#') {
         return Json::String(text.to_owned());
     }
-    match serde_norway::from_str::<Json>(text) {
+    match crate::yaml::from_str(text) {
         Ok(Json::String(_)) | Err(_) => Json::String(text.to_owned()),
         Ok(v) => v,
     }
