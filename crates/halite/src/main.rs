@@ -12,6 +12,7 @@ mod metrics;
 mod pyjson;
 mod serve;
 mod settings;
+mod stream_answer;
 mod wsgi;
 
 use std::path::PathBuf;

@@ -14,7 +14,11 @@ use crate::{json_response, lowstate, read_body, AppState};
 
 /// The router of the rest_wsgi surface.
 pub fn router(state: AppState) -> Router {
-    Router::new().fallback(handle).with_state(state)
+    let streamed = axum::middleware::from_fn_with_state(state.clone(), crate::stream_answer::wsgi);
+    Router::new()
+        .fallback(handle)
+        .layer(streamed)
+        .with_state(state)
 }
 
 async fn handle(State(state): State<AppState>, req: Request<Body>) -> Result<Response, ApiError> {
