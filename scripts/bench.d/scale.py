@@ -318,7 +318,7 @@ def table(r):
         lines.append(f"bus firehose: {fh['events']:,} events in {fh['wall_s']:.1f} s, "
                      f"{fh['cpu_s']:.2f} CPU s: {fh['events_per_cpu_s']:,.0f} events per CPU-second "
                      f"({fh['events_per_s']:,.0f}/s wall); waiter got {fh['waiter_returns']:,} returns, "
-                     f"lost events: {fh['waiter_lost_events']}")
+                     f"lost other events: {fh['waiter_lost_events']}, lost returns: {fh.get('waiter_lost_returns')}")
     return "\n".join(lines)
 
 

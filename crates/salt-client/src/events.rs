@@ -453,6 +453,7 @@ struct QueueUse {
     others: AtomicUsize,
     return_bytes: AtomicUsize,
     lost: AtomicBool,
+    lost_returns: AtomicBool,
 }
 
 impl QueueUse {
@@ -484,6 +485,9 @@ impl QueueUse {
         };
         if !fits {
             self.lost.store(true, Ordering::Relaxed);
+            if bytes > 0 {
+                self.lost_returns.store(true, Ordering::Relaxed);
+            }
         }
         fits
     }
@@ -808,6 +812,12 @@ impl JidSubscription {
         self.queue.lost.load(Ordering::Relaxed)
     }
 
+    /// Whether any return (`.../ret/...`) for this jid was dropped: only
+    /// when [`JID_RETURN_BYTES`] of returns were waiting unread.
+    pub fn lost_returns(&self) -> bool {
+        self.queue.lost_returns.load(Ordering::Relaxed)
+    }
+
     /// The jid.
     pub fn jid(&self) -> &str {
         &self.jid
@@ -1060,6 +1070,7 @@ mod tests {
             w.lost_events(),
             "the progress events beyond the queue were dropped"
         );
+        assert!(!w.lost_returns());
         let got = drain(&mut w).await;
         let returns = got.iter().filter(|e| is_return_tag(&e.tag)).count();
         assert_eq!(returns, 10_000, "no return was lost");
@@ -1089,7 +1100,7 @@ mod tests {
                 Event::new(format!("salt/job/{jid}/ret/m-{i}"), big.clone()),
             );
         }
-        assert!(w.lost_events());
+        assert!(w.lost_events() && w.lost_returns());
         let got = drain(&mut w).await.len();
         let each = (1 << 20) + format!("salt/job/{jid}/ret/m-100").len() + RETURN_OVERHEAD;
         let fits = JID_RETURN_BYTES / each;

@@ -7,7 +7,8 @@
 //! waiter on the firehose's jid reading every return, and one whole-stream
 //! subscriber that never reads (a stalled `/events` client), then prints a
 //! JSON line: events, seconds, process CPU seconds, events per CPU-second,
-//! returns the waiter received and whether it lost any.
+//! returns the waiter received, and whether it lost events (progress events
+//! beyond its queue may be dropped by design) or returns (must not be).
 
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -107,6 +108,7 @@ fn main() -> std::process::ExitCode {
                 "events_per_cpu_s": if cpu > 0.0 { events as f64 / cpu } else { 0.0 },
                 "waiter_returns": returns,
                 "waiter_lost_events": waiter.lost_events(),
+                "waiter_lost_returns": waiter.lost_returns(),
             })
         );
         std::process::ExitCode::SUCCESS

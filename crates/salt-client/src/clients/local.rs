@@ -454,10 +454,10 @@ impl Gatherer {
 
     /// What the gathering ended with: who never returned, who is missing.
     pub fn finish(self) -> Collected {
-        if self.sub.lost_events() {
+        if self.sub.lost_returns() {
             tracing::warn!(
                 jid = %self.jid,
-                "events of this job were dropped because its waiter fell too far behind"
+                "returns of this job were dropped because its waiter fell too far behind"
             );
         }
         let Expected {
