@@ -42,6 +42,7 @@ mod router;
 mod serve;
 pub mod settings;
 mod state;
+mod stream_answer;
 mod throttle;
 mod wsgi;
 

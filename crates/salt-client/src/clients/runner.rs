@@ -178,14 +178,15 @@ async fn run_sync(
         tokio::select! {
             ev = sub.recv() => match ev {
                 Some(ev) if ev.tag == ret_tag => {
-                    let data = ev.data().clone();
-                    if let Some(e) = unavailable_function(&fun, &data) {
+                    // One copy of what the caller keeps (a `jobs.lookup_jid`
+                    // of 10,000 minions is one large return).
+                    if let Some(e) = unavailable_function(&fun, ev.data()) {
                         return Err(e);
                     }
                     return Ok(if full_return {
-                        json!({"tag": ret_tag, "data": data})
+                        json!({"tag": ret_tag, "data": ev.data().clone()})
                     } else {
-                        data.get("return").cloned().unwrap_or(Json::Null)
+                        ev.data().get("return").cloned().unwrap_or(Json::Null)
                     });
                 }
                 Some(ev) => announced |= ev.tag == new_tag,
