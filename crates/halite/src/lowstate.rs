@@ -3,11 +3,13 @@
 //! Shared by every surface; surfaces differ only in where credentials come
 //! from and how bodies and responses are encoded.
 
-use salt_client::clients::{Lowstate, Netapi, Output};
-use salt_client::redact;
+use salt_client::clients::{Lowstate, Output, CLIENTS};
+use salt_client::{redact, ErrorKind};
 use serde_json::Value as Json;
 
 use crate::error::ApiError;
+use crate::metrics::CallLabels;
+use crate::state::AppState;
 
 /// A body must be a JSON array of objects (rest_wsgi), or one object that
 /// rest_cherrypy wraps into a list.
@@ -31,7 +33,7 @@ pub fn chunks_from_json(body: Json, allow_single_object: bool) -> Result<Vec<Low
 /// Run chunks in order and collect the `return` list, splicing sequence
 /// results (`local_batch`) as rest_cherrypy does. The first failing chunk
 /// fails the request.
-pub async fn run_chunks(netapi: &Netapi, chunks: Vec<Lowstate>) -> Result<Vec<Json>, ApiError> {
+pub async fn run_chunks(state: &AppState, chunks: Vec<Lowstate>) -> Result<Vec<Json>, ApiError> {
     let mut out = Vec::with_capacity(chunks.len());
     for chunk in chunks {
         if let Some(token) = chunk.get("token") {
@@ -47,10 +49,43 @@ pub async fn run_chunks(netapi: &Netapi, chunks: Vec<Lowstate>) -> Result<Vec<Js
         if tracing::enabled!(tracing::Level::DEBUG) {
             tracing::debug!(lowstate = %redact::redacted(&Json::Object(chunk.clone())), "running lowstate");
         }
-        match netapi.run(chunk).await? {
+        let client = client_label(&chunk);
+        let started = std::time::Instant::now();
+        let result = state.netapi.run(chunk).await;
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => outcome_label(e.kind()),
+        };
+        state
+            .metrics
+            .observe_call(CallLabels { client, outcome }, started.elapsed());
+        match result? {
             Output::One(v) => out.push(v),
             Output::Many(vs) => out.extend(vs),
         }
     }
     Ok(out)
+}
+
+/// The chunk's client as a metrics label: one of Salt's client names, or
+/// `other` (a name chosen by the request must not become a series).
+fn client_label(chunk: &Lowstate) -> &'static str {
+    let named = chunk.get("client").and_then(Json::as_str).unwrap_or("");
+    CLIENTS
+        .iter()
+        .find(|c| **c == named)
+        .copied()
+        .unwrap_or("other")
+}
+
+fn outcome_label(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::Authentication => "authentication",
+        ErrorKind::Token => "token",
+        ErrorKind::Authorization => "authorization",
+        ErrorKind::Invocation => "invocation",
+        ErrorKind::Master => "master",
+        ErrorKind::Timeout => "timeout",
+        ErrorKind::Unreachable => "unreachable",
+    }
 }

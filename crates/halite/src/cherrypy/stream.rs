@@ -66,7 +66,12 @@ struct SseState {
     token: String,
     checked: Instant,
     started: bool,
+    closing: bool,
 }
+
+/// The final `/events` frame when halite stops.
+const SHUTDOWN_EVENT: &str =
+    "event: shutdown\ndata: {\"tag\": \"halite/shutdown\", \"data\": {}}\n\n";
 
 /// `GET /events`.
 pub async fn events(
@@ -87,6 +92,7 @@ pub async fn events(
         token,
         checked: Instant::now(),
         started: false,
+        closing: false,
     };
     let body = stream::unfold(st, |mut st| async move {
         if !st.started {
@@ -96,6 +102,9 @@ pub async fn events(
                 st,
             ));
         }
+        if st.closing {
+            return None;
+        }
         loop {
             if st.checked.elapsed() >= RECHECK {
                 let master = st.state.app.netapi.master().clone();
@@ -104,7 +113,16 @@ pub async fn events(
                 }
                 st.checked = Instant::now();
             }
-            match tokio::time::timeout(RECHECK, st.rx.recv()).await {
+            let next = tokio::select! {
+                next = tokio::time::timeout(RECHECK, st.rx.recv()) => next,
+                () = st.state.app.shutdown.wait() => {
+                    // The last event of the stream: EventSource clients see
+                    // why it ends (and reconnect after `retry`).
+                    st.closing = true;
+                    return Some((Ok(SHUTDOWN_EVENT.to_owned()), st));
+                }
+            };
+            match next {
                 Ok(Ok(ev)) => return Some((Ok(sse_frame(&ev)), st)),
                 Ok(Err(broadcast::error::RecvError::Lagged(n))) => {
                     tracing::warn!(skipped = n, "an /events client fell behind; events skipped");
@@ -158,6 +176,15 @@ async fn ws_session(mut socket: WebSocket, state: CpState, token: String, format
     let mut checked = Instant::now();
     loop {
         tokio::select! {
+            () = state.app.shutdown.wait() => {
+                // 1001 "going away": the server is stopping.
+                let close = axum::extract::ws::CloseFrame {
+                    code: axum::extract::ws::close_code::AWAY,
+                    reason: "halite is shutting down".into(),
+                };
+                let _ = socket.send(Message::Close(Some(close))).await;
+                return;
+            }
             msg = socket.recv() => match msg {
                 Some(Ok(Message::Text(t))) => {
                     if t.as_str() == "websocket client ready" {
