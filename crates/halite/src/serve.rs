@@ -236,6 +236,11 @@ struct Capped {
 
 impl Capped {
     fn new(limits: &ConnectionLimits, metrics: Arc<Metrics>, surface: &'static str) -> Capped {
+        // Every series of the surface exists from the start, at 0.
+        let label = SurfaceLabel { surface };
+        let _ = metrics.connections.get_or_create(&label);
+        let _ = metrics.connections_open.get_or_create(&label);
+        let _ = metrics.connections_refused.get_or_create(&label);
         Capped {
             permits: Arc::new(Semaphore::new(limits.max_connections)),
             metrics,
@@ -332,7 +337,16 @@ impl AsyncWrite for Counted {
     }
 }
 
+/// The address to bind. IP addresses and `localhost` are resolved without
+/// the system resolver (the static build's glibc cannot load NSS modules
+/// reliably); other names go through it.
 async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+    if let Ok(ip) = host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    if host.eq_ignore_ascii_case("localhost") {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
     let mut addrs = tokio::net::lookup_host((host, port))
         .await
         .map_err(|e| format!("cannot resolve {host}: {e}"))?;

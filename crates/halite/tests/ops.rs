@@ -302,3 +302,63 @@ fn sigterm_exits_zero_and_stops_accepting() {
         "still accepting after SIGTERM"
     );
 }
+
+/// Every metric the example dashboard, the alert examples and the
+/// operator's guide name exists, so the docs cannot drift from the code.
+#[tokio::test]
+async fn docs_name_only_metrics_that_exist() {
+    let h = wsgi("docs-metrics", &[]);
+    let base = format!("http://127.0.0.1:{}", h.port);
+    let http = reqwest::Client::new();
+    // A Salt call (the master is absent: it fails, which is a sample too).
+    let resp = http
+        .post(&base)
+        .json(
+            &serde_json::json!([{"client": "local", "tgt": "*", "fun": "test.ping",
+            "eauth": "auto", "username": "u", "password": "p"}]),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert!(resp.status().is_server_error(), "{}", resp.status());
+    let text = http
+        .get(format!("{base}/metrics"))
+        .send()
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let declared: Vec<&str> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("# TYPE "))
+        .filter_map(|l| l.split(' ').next())
+        .collect();
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs");
+    let mut checked = 0;
+    for doc in ["grafana-dashboard.json", "prometheus.yml", "OPERATIONS.md"] {
+        let body = std::fs::read_to_string(root.join(doc)).expect("the doc exists");
+        for (i, _) in body.match_indices("halite_") {
+            let name: String = body[i..]
+                .chars()
+                .take_while(|c| c.is_ascii_alphanumeric() || *c == '_')
+                .collect();
+            if name.ends_with('_') {
+                continue;
+            }
+            let family = ["_bucket", "_count", "_sum", "_total"]
+                .iter()
+                .find_map(|s| name.strip_suffix(s))
+                .unwrap_or(&name);
+            assert!(
+                declared.contains(&family) || declared.contains(&name.as_str()),
+                "{doc} names {name}, which /metrics does not declare:\n{text}"
+            );
+            checked += 1;
+        }
+    }
+    assert!(
+        checked > 20,
+        "only {checked} metric names found in the docs"
+    );
+}
