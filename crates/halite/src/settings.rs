@@ -68,7 +68,7 @@ impl Default for CherrypyOptions {
 /// or hostile: every one is enforced by hyper, rustls or a tower layer.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct ConnectionLimits {
-    /// `header_read_timeout` (seconds, default 10): time to finish the TLS
+    /// `header_read_timeout` (seconds, default 30): time to finish the TLS
     /// handshake, and for HTTP/1 to send a complete request head, on a new
     /// connection or between keep-alive requests; then the connection closes.
     pub header_read_timeout: Duration,
@@ -91,7 +91,7 @@ pub struct ConnectionLimits {
 impl Default for ConnectionLimits {
     fn default() -> Self {
         ConnectionLimits {
-            header_read_timeout: Duration::from_secs(10),
+            header_read_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(60),
             body_read_timeout: Duration::from_secs(30),
             max_connections: 1024,
@@ -480,5 +480,72 @@ pub fn check_config(config: &MasterConfig, surfaces: &[Surface]) -> std::process
         std::process::ExitCode::SUCCESS
     } else {
         std::process::ExitCode::from(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn section(yaml: &str) -> Map<String, Json> {
+        match serde_norway::from_str::<Json>(yaml).expect("YAML") {
+            Json::Object(m) => m,
+            other => panic!("not a mapping: {other}"),
+        }
+    }
+
+    #[test]
+    fn connection_limits_default_and_parse() {
+        assert_eq!(
+            connection_limits(&Map::new()).unwrap(),
+            ConnectionLimits::default()
+        );
+        let l = connection_limits(&section(
+            "{header_read_timeout: 2.5, body_read_timeout: '7', idle_timeout: 90, \
+             max_connections: 10, http2_max_concurrent_streams: 4}",
+        ))
+        .unwrap();
+        assert_eq!(l.header_read_timeout, Duration::from_millis(2500));
+        assert_eq!(l.body_read_timeout, Duration::from_secs(7));
+        assert_eq!(l.idle_timeout, Duration::from_secs(90));
+        assert_eq!(l.max_connections, 10);
+        assert_eq!(l.http2_max_concurrent_streams, 4);
+    }
+
+    #[test]
+    fn bad_limits_are_config_errors() {
+        for bad in [
+            "{header_read_timeout: 0}",
+            "{header_read_timeout: -1}",
+            "{body_read_timeout: soon}",
+            "{idle_timeout: [1]}",
+            "{max_connections: 0}",
+            "{http2_max_concurrent_streams: 100000}",
+        ] {
+            assert!(connection_limits(&section(bad)).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn tls_options_parse() {
+        assert_eq!(tls_options(&Map::new()).unwrap(), TlsOptions::default());
+        let t = tls_options(&section(
+            "{tls_min_version: '1.3', tls_cipher_suites: 'TLS13_AES_256_GCM_SHA384, TLS13_AES_128_GCM_SHA256'}",
+        ))
+        .unwrap();
+        assert_eq!(t.min_version, TlsVersion::Tls13);
+        assert_eq!(
+            t.cipher_suites.unwrap(),
+            ["TLS13_AES_256_GCM_SHA384", "TLS13_AES_128_GCM_SHA256"]
+        );
+        // YAML reads an unquoted 1.3 as a number; that means the same.
+        assert_eq!(
+            tls_options(&section("{tls_min_version: 1.3}"))
+                .unwrap()
+                .min_version,
+            TlsVersion::Tls13
+        );
+        assert!(tls_options(&section("{tls_min_version: '1.1'}")).is_err());
+        assert!(tls_options(&section("{tls_cipher_suites: 5}")).is_err());
     }
 }
