@@ -451,6 +451,31 @@ pub fn check_config(config: &MasterConfig, surfaces: &[Surface]) -> std::process
             s.port,
             s.max_body
         );
+        let c = &s.connections;
+        println!(
+            "  limits: header_read_timeout {:?}, body_read_timeout {:?}, idle_timeout {:?}, \
+             max_connections {}, http2_max_concurrent_streams {}, graceful_shutdown_timeout {:?}",
+            c.header_read_timeout,
+            c.body_read_timeout,
+            c.idle_timeout,
+            c.max_connections,
+            c.http2_max_concurrent_streams,
+            s.grace
+        );
+        if s.tls.is_some() {
+            println!(
+                "  tls: minimum {}, cipher suites {}",
+                match s.tls_options.min_version {
+                    TlsVersion::Tls12 => "1.2",
+                    TlsVersion::Tls13 => "1.3",
+                },
+                s.tls_options
+                    .cipher_suites
+                    .as_ref()
+                    .map(|c| c.join(", "))
+                    .unwrap_or_else(|| "rustls' defaults".into())
+            );
+        }
         if let Some((crt, key)) = &s.tls {
             for p in [crt, key] {
                 if !p.exists() {
