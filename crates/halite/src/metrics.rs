@@ -6,6 +6,7 @@
 //! (surface, endpoint family, lowstate client, error kind), never from the
 //! request, so a hostile client cannot grow the series count.
 
+use std::sync::atomic::AtomicU64;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
@@ -75,6 +76,9 @@ pub struct Metrics {
     pub connections_refused: Family<SurfaceLabel, Counter>,
     /// `halite_logins_throttled_total`: logins answered 429.
     pub logins_throttled: Counter,
+    /// `halite_event_bus_lag_seconds`: age of an event when halite read it
+    /// (its `_stamp` against the clock), sampled about once a second.
+    pub bus_lag: Gauge<f64, AtomicU64>,
     /// `halite_tls_reloads_total`: SIGHUP reloads that took effect.
     pub tls_reloads: Counter,
     /// `halite_tls_reload_failures_total`: SIGHUP reloads refused.
@@ -98,6 +102,7 @@ impl Default for Metrics {
             connections: Family::default(),
             connections_refused: Family::default(),
             logins_throttled: Counter::default(),
+            bus_lag: Gauge::default(),
             tls_reloads: Counter::default(),
             tls_reload_failures: Counter::default(),
             requests: Counter::default(),
@@ -148,6 +153,11 @@ impl Default for Metrics {
             "logins_throttled",
             "Logins refused with 429 after repeated failures",
             m.logins_throttled.clone(),
+        );
+        registry.register(
+            "event_bus_lag_seconds",
+            "Age of an event when halite read it from the bus (sampled about once a second)",
+            m.bus_lag.clone(),
         );
         registry.register(
             "tls_reloads",
@@ -225,6 +235,43 @@ impl Metrics {
         let _ = prometheus_client::encoding::text::encode(&mut text, &self.registry);
         text
     }
+}
+
+/// Keep `bus_lag` current: about once a second, take the next event off
+/// the bus and compare its `_stamp` (the master's UTC time when it fired
+/// the event) with the clock. Subscribing only for one event at a time
+/// keeps the cost at one decode per second whatever the event rate.
+pub async fn watch_bus_lag(master: Master, metrics: Arc<Metrics>) {
+    let mut tick = tokio::time::interval(Duration::from_secs(1));
+    tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        let mut rx = master.bus().subscribe_all();
+        let Ok(Ok(event)) = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await else {
+            continue;
+        };
+        let stamp = event
+            .data()
+            .get("_stamp")
+            .and_then(serde_json::Value::as_str);
+        let lag = stamp.and_then(stamp_age);
+        tracing::debug!(tag = %event.tag, ?stamp, ?lag, "event bus lag sample");
+        if let Some(lag) = lag {
+            metrics.bus_lag.set(lag.as_secs_f64());
+        }
+    }
+}
+
+/// How long ago a Salt `_stamp` was: `2026-11-30T16:12:35.123456+00:00`
+/// (3008), or the same without offset, meaning UTC (earlier releases);
+/// zero when it is in the future (clock skew).
+fn stamp_age(stamp: &str) -> Option<Duration> {
+    let then = match chrono::DateTime::parse_from_rfc3339(stamp) {
+        Ok(t) => t.naive_utc(),
+        Err(_) => chrono::NaiveDateTime::parse_from_str(stamp, "%Y-%m-%dT%H:%M:%S%.f").ok()?,
+    };
+    let age = chrono::Utc::now().naive_utc() - then;
+    Some(age.to_std().unwrap_or(Duration::ZERO))
 }
 
 /// The master's own counters, read at scrape time.
@@ -319,5 +366,25 @@ mod tests {
         }
         assert_eq!(m.requests(), 1);
         assert_eq!(m.errors_4xx(), 0);
+    }
+
+    #[test]
+    fn stamps_are_aged_against_utc() {
+        let now = chrono::Utc::now().naive_utc();
+        let earlier = (now - chrono::Duration::seconds(3)).format("%Y-%m-%dT%H:%M:%S%.6f");
+        let age = stamp_age(&earlier.to_string()).expect("a Salt stamp parses");
+        assert!(
+            age >= Duration::from_secs(3) && age < Duration::from_secs(60),
+            "{age:?}"
+        );
+        let aware = (now - chrono::Duration::seconds(3)).format("%Y-%m-%dT%H:%M:%S%.6f+00:00");
+        let age = stamp_age(&aware.to_string()).expect("a Salt 3008 stamp parses");
+        assert!(
+            age >= Duration::from_secs(3) && age < Duration::from_secs(60),
+            "{age:?}"
+        );
+        let later = (now + chrono::Duration::seconds(30)).format("%Y-%m-%dT%H:%M:%S%.6f");
+        assert_eq!(stamp_age(&later.to_string()), Some(Duration::ZERO));
+        assert_eq!(stamp_age("yesterday"), None);
     }
 }

@@ -119,6 +119,10 @@ pub async fn serve(config: MasterConfig, surfaces: Vec<Surface>) -> Result<(), S
         }
     }
     tokio::spawn(notify_ready(master.clone(), started));
+    tokio::spawn(crate::metrics::watch_bus_lag(
+        master.clone(),
+        metrics.clone(),
+    ));
     tokio::spawn(handle_signals(
         handle.clone(),
         shutdown,
