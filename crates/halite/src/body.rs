@@ -15,6 +15,8 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
                 .is_some()
             {
                 Err(ApiError::payload_too_large(limit))
+            } else if timed_out(&*e) {
+                Err(ApiError::request_timeout())
             } else {
                 Err(ApiError::bad_request(format!(
                     "Could not read the request body: {e}"
@@ -22,4 +24,17 @@ pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
             }
         }
     }
+}
+
+/// Whether a body read failed because the body stopped arriving (the
+/// router's `body_read_timeout`).
+fn timed_out(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cur = Some(e);
+    while let Some(err) = cur {
+        if err.is::<tower_http::timeout::TimeoutError>() {
+            return true;
+        }
+        cur = err.source();
+    }
+    false
 }

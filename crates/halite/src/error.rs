@@ -41,6 +41,13 @@ impl ApiError {
         Self::new(StatusCode::NOT_ACCEPTABLE, message)
     }
 
+    pub fn request_timeout() -> Self {
+        Self::new(
+            StatusCode::REQUEST_TIMEOUT,
+            "The request body did not arrive in time",
+        )
+    }
+
     pub fn payload_too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,

@@ -9,7 +9,8 @@
 //!   handle, the surface's [`Limits`], the metrics);
 //! * [`router`] builds one surface's complete axum `Router`, which tests can
 //!   drive without a socket (`tower::ServiceExt::oneshot`);
-//! * [`serve`] binds every surface and runs until SIGINT/SIGTERM.
+//! * [`serve`] binds every surface and runs until SIGTERM/SIGINT (draining
+//!   requests in flight), reloading TLS certificates on SIGHUP.
 //!
 //! Modules depend downwards only: `serve` → `router` → the surfaces
 //! (`wsgi`, `cherrypy`) → `lowstate`, `health` → `state` → `metrics`,
@@ -41,12 +42,15 @@ mod response;
 mod router;
 mod serve;
 pub mod settings;
+mod shutdown;
 mod state;
 mod stream_answer;
 mod throttle;
+mod tls;
 mod wsgi;
 
 pub use router::router;
 pub use serve::serve;
 pub use settings::{Overrides, Surface, SurfaceKind};
+pub use shutdown::Shutdown;
 pub use state::{AppState, Limits};

@@ -3,13 +3,15 @@
 //! Shared by every surface; surfaces differ only in where credentials come
 //! from and how bodies and responses are encoded.
 
-use salt_client::clients::{Lowstate, Netapi, Output};
-use salt_client::redact;
+use salt_client::clients::{Lowstate, Output, CLIENTS};
+use salt_client::{redact, ErrorKind};
 use serde_json::Value as Json;
 
 use axum::http::StatusCode;
 
 use crate::error::ApiError;
+use crate::metrics::CallLabels;
+use crate::state::AppState;
 use crate::throttle::{self, Throttle};
 
 /// A body must be a JSON array of objects (rest_wsgi), or one object that
@@ -34,7 +36,7 @@ pub fn chunks_from_json(body: Json, allow_single_object: bool) -> Result<Vec<Low
 /// Run chunks in order and collect the `return` list, splicing sequence
 /// results (`local_batch`) as rest_cherrypy does. The first failing chunk
 /// fails the request.
-pub async fn run_chunks(netapi: &Netapi, chunks: Vec<Lowstate>) -> Result<Vec<Json>, ApiError> {
+pub async fn run_chunks(state: &AppState, chunks: Vec<Lowstate>) -> Result<Vec<Json>, ApiError> {
     let mut out = Vec::with_capacity(chunks.len());
     for chunk in chunks {
         if let Some(token) = chunk.get("token") {
@@ -65,7 +67,9 @@ pub async fn run_chunks(netapi: &Netapi, chunks: Vec<Lowstate>) -> Result<Vec<Js
                     })?,
             )
         };
-        let result = netapi.run(chunk).await;
+        let client = client_label(&chunk);
+        let started = std::time::Instant::now();
+        let result = state.netapi.run(chunk).await;
         if let Some(attempt) = attempt {
             match &result {
                 Err(e) if e.kind() == salt_client::ErrorKind::Authentication => attempt.failed(),
@@ -73,10 +77,40 @@ pub async fn run_chunks(netapi: &Netapi, chunks: Vec<Lowstate>) -> Result<Vec<Js
                 Err(_) => drop(attempt),
             }
         }
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => outcome_label(e.kind()),
+        };
+        state
+            .metrics
+            .observe_call(CallLabels { client, outcome }, started.elapsed());
         match result? {
             Output::One(v) => out.push(v),
             Output::Many(vs) => out.extend(vs),
         }
     }
     Ok(out)
+}
+
+/// The chunk's client as a metrics label: one of Salt's client names, or
+/// `other` (a name chosen by the request must not become a series).
+fn client_label(chunk: &Lowstate) -> &'static str {
+    let named = chunk.get("client").and_then(Json::as_str).unwrap_or("");
+    CLIENTS
+        .iter()
+        .find(|c| **c == named)
+        .copied()
+        .unwrap_or("other")
+}
+
+fn outcome_label(kind: ErrorKind) -> &'static str {
+    match kind {
+        ErrorKind::Authentication => "authentication",
+        ErrorKind::Token => "token",
+        ErrorKind::Authorization => "authorization",
+        ErrorKind::Invocation => "invocation",
+        ErrorKind::Master => "master",
+        ErrorKind::Timeout => "timeout",
+        ErrorKind::Unreachable => "unreachable",
+    }
 }

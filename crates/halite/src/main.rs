@@ -8,12 +8,43 @@ use clap::{Parser, Subcommand};
 use halite::settings::{self, Overrides};
 use salt_client::config::MasterConfig;
 
+/// `halite --version`: the version, the git revision it was built from and
+/// the Salt releases its tests run against.
+const VERSION: &str = concat!(
+    env!("CARGO_PKG_VERSION"),
+    " (git ",
+    env!("HALITE_GIT_REV"),
+    "; tested with Salt 3006, 3007 and 3008, transports zeromq and tcp)"
+);
+
+const AFTER_HELP: &str = "\
+Configuration:
+  halite reads the Salt master config (and its master.d/*.conf includes) and
+  serves each of its rest_wsgi and rest_cherrypy sections; see
+  /usr/share/doc/halite/OPERATIONS.md for every option and its default.
+
+Environment:
+  SALT_MASTER_CONFIG  master config file when --config is not given
+  HALITE_LOG          log filter (default info; e.g. debug, halite=debug)
+  HALITE_LOG_FORMAT   text (default) or json
+
+Signals:
+  SIGTERM, SIGINT  stop accepting, end /events and /ws streams, let requests
+                   in flight finish (graceful_shutdown_timeout, default 30 s),
+                   exit 0
+  SIGHUP           reload TLS certificates and keys; a file that does not load
+                   keeps the old certificate and is logged
+
+Exit status: 0 after a clean stop, 1 on a runtime failure (e.g. a port in
+use), 2 on a configuration error.";
+
 /// Command line. Flags override the master config.
 #[derive(Debug, Parser)]
 #[command(
     name = "halite",
-    version,
-    about = "A REST API for Salt masters (a drop-in salt-api replacement)"
+    version = VERSION,
+    about = "A REST API for Salt masters (a drop-in salt-api replacement)",
+    after_help = AFTER_HELP
 )]
 struct Cli {
     /// Master config file (default: $SALT_MASTER_CONFIG, then /etc/salt/master).

@@ -1,20 +1,57 @@
-//! Listeners, TLS, request accounting and graceful shutdown.
+//! Listeners, TLS, connection limits, readiness and signals.
+//!
+//! * SIGTERM/SIGINT: stop accepting, end `/events` and `/ws` streams with a
+//!   final event, let requests in flight finish for up to the grace period
+//!   (`graceful_shutdown_timeout`), then return (exit 0).
+//! * SIGHUP: re-read every surface's TLS certificate, key and chain; a file
+//!   that does not load keeps the old certificate and logs why. Open
+//!   connections are not touched; new handshakes use the new certificate.
+//! * systemd (`Type=notify`): `READY=1` once the listeners are bound and the
+//!   event bus is connected, `STOPPING=1` on SIGTERM. Without systemd these
+//!   notifications are no-ops.
 
+use std::io;
 use std::net::SocketAddr;
-use std::time::Duration;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
-use axum_server::tls_rustls::RustlsConfig;
+use axum_server::accept::Accept;
+use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
+use hyper_util::rt::{TokioExecutor, TokioTimer};
+use hyper_util::server::conn::auto::Builder;
+use prometheus_client::metrics::gauge::Gauge;
 use salt_client::config::MasterConfig;
 use salt_client::master::Master;
+use sd_notify::NotifyState;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
-use crate::metrics::Metrics;
+use crate::metrics::{Metrics, SurfaceLabel};
 use crate::router::router;
-use crate::settings::Surface;
+use crate::settings::{ConnectionLimits, Surface, TlsOptions, DEFAULT_GRACE};
+use crate::shutdown::Shutdown;
 use crate::state::{AppState, Limits};
+use crate::tls::{self, TlsFiles};
 
-/// Serve every surface of `config` until SIGINT/SIGTERM, all sharing one
+/// How long an HTTP/2 keep-alive ping may go unanswered before the
+/// connection is closed.
+const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// A surface's TLS, kept to be reloaded on SIGHUP.
+struct Reloadable {
+    surface: &'static str,
+    files: TlsFiles,
+    options: TlsOptions,
+    live: RustlsConfig,
+}
+
+/// Serve every surface of `config` until SIGTERM/SIGINT, all sharing one
 /// connection to the master.
 pub async fn serve(config: MasterConfig, surfaces: Vec<Surface>) -> Result<(), String> {
+    let started = Instant::now();
     if matches!(
         config.transport(),
         salt_client::config::RequestTransport::Ws
@@ -25,55 +62,74 @@ pub async fn serve(config: MasterConfig, surfaces: Vec<Surface>) -> Result<(), S
         );
     }
     let master = Master::new(config);
-    let metrics = std::sync::Arc::new(Metrics::default());
+    let metrics = Arc::new(Metrics::default());
+    let shutdown = Shutdown::default();
     let handle = axum_server::Handle::new();
+    let grace = surfaces
+        .iter()
+        .map(|s| s.grace)
+        .max()
+        .unwrap_or(DEFAULT_GRACE);
+    let mut reloadable = Vec::new();
     let mut servers = tokio::task::JoinSet::new();
     for surface in surfaces {
         let limits = Limits {
             max_body: surface.max_body,
         };
-        let state = AppState::with_metrics(master.clone(), limits, metrics.clone());
-        let app = router(&surface, state);
-        let addr = resolve(&surface.host, surface.port).await?;
-        let h = handle.clone();
+        let state = AppState::with_metrics(master.clone(), limits, metrics.clone())
+            .with_shutdown(shutdown.clone());
+        let app = router(&surface, state).into_make_service_with_connect_info::<SocketAddr>();
         let name = surface.kind.section();
+        let addr = resolve(&surface.host, surface.port).await?;
+        let listener = std::net::TcpListener::bind(addr)
+            .map_err(|e| format!("{name}: cannot bind {addr}: {e}"))?;
+        listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+        let capped = Capped::new(&surface.connections, metrics.clone(), name);
+        let h = handle.clone();
         match &surface.tls {
             Some((crt, key)) => {
-                let _ = rustls::crypto::ring::default_provider().install_default();
-                let tls = tls_config(crt, key, surface.tls_chain.as_deref())
-                    .await
+                let files = TlsFiles {
+                    crt: crt.clone(),
+                    key: key.clone(),
+                    chain: surface.tls_chain.clone(),
+                };
+                let config = tls::server_config(&files, &surface.tls_options)
                     .map_err(|e| format!("{name}: cannot load TLS certificate/key: {e}"))?;
-                let listener = std::net::TcpListener::bind(addr)
-                    .map_err(|e| format!("{name}: cannot bind {addr}: {e}"))?;
-                listener.set_nonblocking(true).map_err(|e| e.to_string())?;
-                tracing::info!(surface = name, %addr, "serving https");
-                servers.spawn(async move {
-                    axum_server::from_tcp_rustls(listener, tls)
-                        .handle(h)
-                        .serve(app.into_make_service_with_connect_info::<SocketAddr>())
-                        .await
+                let live = RustlsConfig::from_config(config);
+                let acceptor = RustlsAcceptor::new(live.clone())
+                    .handshake_timeout(surface.connections.header_read_timeout)
+                    .acceptor(capped);
+                reloadable.push(Reloadable {
+                    surface: name,
+                    files,
+                    options: surface.tls_options.clone(),
+                    live,
                 });
+                let mut server = axum_server::from_tcp(listener).acceptor(acceptor);
+                configure(server.http_builder(), &surface.connections);
+                tracing::info!(surface = name, %addr, "serving https (HTTP/2 and HTTP/1.1)");
+                servers.spawn(async move { server.handle(h).serve(app).await });
             }
             None => {
-                let listener = std::net::TcpListener::bind(addr)
-                    .map_err(|e| format!("{name}: cannot bind {addr}: {e}"))?;
-                listener.set_nonblocking(true).map_err(|e| e.to_string())?;
+                let mut server = axum_server::from_tcp(listener).acceptor(capped);
+                configure(server.http_builder(), &surface.connections);
                 tracing::info!(surface = name, %addr, "serving http");
-                servers.spawn(async move {
-                    axum_server::from_tcp(listener)
-                        .handle(h)
-                        .serve(app.into_make_service_with_connect_info::<SocketAddr>())
-                        .await
-                });
+                servers.spawn(async move { server.handle(h).serve(app).await });
             }
         }
     }
-    let h = handle.clone();
-    tokio::spawn(async move {
-        shutdown_signal().await;
-        tracing::info!("shutting down: finishing requests in flight (at most 10 s)");
-        h.graceful_shutdown(Some(Duration::from_secs(10)));
-    });
+    tokio::spawn(notify_ready(master.clone(), started));
+    tokio::spawn(crate::metrics::watch_bus_lag(
+        master.clone(),
+        metrics.clone(),
+    ));
+    tokio::spawn(handle_signals(
+        handle.clone(),
+        shutdown,
+        grace,
+        reloadable,
+        metrics,
+    ));
     while let Some(done) = servers.join_next().await {
         match done {
             Ok(Ok(())) => {}
@@ -81,27 +137,220 @@ pub async fn serve(config: MasterConfig, surfaces: Vec<Surface>) -> Result<(), S
             Err(e) => return Err(format!("server task failed: {e}")),
         }
     }
+    tracing::info!("stopped");
     Ok(())
 }
 
-/// The certificate (plus the `ssl_chain` intermediates) and key.
-async fn tls_config(
-    crt: &std::path::Path,
-    key: &std::path::Path,
-    chain: Option<&std::path::Path>,
-) -> std::io::Result<RustlsConfig> {
-    let mut cert = tokio::fs::read(crt).await?;
-    if let Some(chain) = chain {
-        if !cert.ends_with(b"\n") {
-            cert.push(b'\n');
-        }
-        cert.extend(tokio::fs::read(chain).await?);
-    }
-    let key = tokio::fs::read(key).await?;
-    RustlsConfig::from_pem(cert, key).await
+/// hyper's limits for one surface's connections.
+fn configure(builder: &mut Builder<TokioExecutor>, limits: &ConnectionLimits) {
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.header_read_timeout);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(limits.http2_max_concurrent_streams)
+        .keep_alive_interval(limits.idle_timeout)
+        .keep_alive_timeout(HTTP2_PING_TIMEOUT);
 }
 
+/// Tell systemd (if it started us) that we are ready once the event bus is
+/// connected: before that, synchronous calls could not see their returns.
+async fn notify_ready(master: Master, started: Instant) {
+    while !master.bus().is_connected() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let ms = started.elapsed().as_millis() as u64;
+    tracing::info!(ms, "ready: the event bus is connected");
+    if let Err(e) = sd_notify::notify(&[
+        NotifyState::Ready,
+        NotifyState::Status("serving; the event bus is connected"),
+    ]) {
+        tracing::warn!(error = %e, "cannot notify systemd of readiness");
+    }
+}
+
+async fn handle_signals(
+    handle: axum_server::Handle,
+    shutdown: Shutdown,
+    grace: Duration,
+    reloadable: Vec<Reloadable>,
+    metrics: Arc<Metrics>,
+) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let (mut term, mut int, mut hup) = match (
+        signal(SignalKind::terminate()),
+        signal(SignalKind::interrupt()),
+        signal(SignalKind::hangup()),
+    ) {
+        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
+        _ => {
+            tracing::error!("cannot install signal handlers; SIGTERM will not drain");
+            return;
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+            _ = hup.recv() => reload_tls(&reloadable, &metrics),
+        }
+    }
+    let _ = sd_notify::notify(&[NotifyState::Stopping]);
+    tracing::info!(
+        grace_s = grace.as_secs_f64(),
+        in_flight = metrics.requests_in_flight(),
+        "shutting down: no new connections; finishing requests in flight"
+    );
+    shutdown.trigger();
+    handle.graceful_shutdown(Some(grace));
+}
+
+/// SIGHUP: load every surface's certificate again; a surface whose files do
+/// not load keeps serving the old one.
+fn reload_tls(reloadable: &[Reloadable], metrics: &Metrics) {
+    if reloadable.is_empty() {
+        tracing::info!("SIGHUP: no TLS surface to reload");
+    }
+    for r in reloadable {
+        match tls::server_config(&r.files, &r.options) {
+            Ok(config) => {
+                r.live.reload_from_config(config);
+                metrics.tls_reloads.inc();
+                tracing::info!(surface = r.surface, crt = %r.files.crt.display(), "SIGHUP: TLS certificate reloaded");
+            }
+            Err(e) => {
+                metrics.tls_reload_failures.inc();
+                tracing::error!(surface = r.surface, error = %e, "SIGHUP: TLS reload failed; keeping the current certificate");
+            }
+        }
+    }
+}
+
+/// Accepts at most `max_connections` connections at once; one more is
+/// closed as soon as it is accepted (and counted), so a flood of idle
+/// connections cannot exhaust file descriptors or memory.
+#[derive(Clone)]
+struct Capped {
+    permits: Arc<Semaphore>,
+    metrics: Arc<Metrics>,
+    surface: &'static str,
+}
+
+impl Capped {
+    fn new(limits: &ConnectionLimits, metrics: Arc<Metrics>, surface: &'static str) -> Capped {
+        // Every series of the surface exists from the start, at 0.
+        let label = SurfaceLabel { surface };
+        let _ = metrics.connections.get_or_create(&label);
+        let _ = metrics.connections_open.get_or_create(&label);
+        let _ = metrics.connections_refused.get_or_create(&label);
+        Capped {
+            permits: Arc::new(Semaphore::new(limits.max_connections)),
+            metrics,
+            surface,
+        }
+    }
+}
+
+impl<S> Accept<TcpStream, S> for Capped {
+    type Stream = Counted;
+    type Service = S;
+    type Future = std::future::Ready<io::Result<(Counted, S)>>;
+
+    fn accept(&self, stream: TcpStream, service: S) -> Self::Future {
+        let label = SurfaceLabel {
+            surface: self.surface,
+        };
+        match self.permits.clone().try_acquire_owned() {
+            Ok(permit) => {
+                self.metrics.connections.get_or_create(&label).inc();
+                let open = self.metrics.connections_open.get_or_create(&label).clone();
+                open.inc();
+                std::future::ready(Ok((
+                    Counted {
+                        stream,
+                        open,
+                        _permit: permit,
+                    },
+                    service,
+                )))
+            }
+            Err(_) => {
+                self.metrics.connections_refused.get_or_create(&label).inc();
+                tracing::warn!(
+                    surface = self.surface,
+                    "max_connections reached: closing a new connection"
+                );
+                std::future::ready(Err(io::Error::other("max_connections reached")))
+            }
+        }
+    }
+}
+
+/// A connection holding one of its surface's connection permits.
+struct Counted {
+    stream: TcpStream,
+    open: Gauge,
+    _permit: OwnedSemaphorePermit,
+}
+
+impl Drop for Counted {
+    fn drop(&mut self) {
+        self.open.dec();
+    }
+}
+
+impl AsyncRead for Counted {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_read(cx, buf)
+    }
+}
+
+impl AsyncWrite for Counted {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write(cx, buf)
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.get_mut().stream).poll_write_vectored(cx, bufs)
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        self.stream.is_write_vectored()
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_flush(cx)
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.get_mut().stream).poll_shutdown(cx)
+    }
+}
+
+/// The address to bind. IP addresses and `localhost` are resolved without
+/// the system resolver (the static build's glibc cannot load NSS modules
+/// reliably); other names go through it.
 async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
+    if let Ok(ip) = host.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+        return Ok(SocketAddr::new(ip, port));
+    }
+    if host.eq_ignore_ascii_case("localhost") {
+        return Ok(SocketAddr::from(([127, 0, 0, 1], port)));
+    }
     let mut addrs = tokio::net::lookup_host((host, port))
         .await
         .map_err(|e| format!("cannot resolve {host}: {e}"))?;
@@ -111,25 +360,4 @@ async fn resolve(host: &str, port: u16) -> Result<SocketAddr, String> {
         .or(all.first())
         .copied()
         .ok_or_else(|| format!("{host} resolves to no address"))
-}
-
-async fn shutdown_signal() {
-    let ctrl_c = async {
-        let _ = tokio::signal::ctrl_c().await;
-    };
-    #[cfg(unix)]
-    let term = async {
-        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
-            Ok(mut s) => {
-                s.recv().await;
-            }
-            Err(_) => std::future::pending::<()>().await,
-        }
-    };
-    #[cfg(not(unix))]
-    let term = std::future::pending::<()>();
-    tokio::select! {
-        _ = ctrl_c => {},
-        _ = term => {},
-    }
 }

@@ -1,12 +1,16 @@
 //! Which surfaces to serve, from the master config sections and the flags.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use salt_client::config::MasterConfig;
 use serde_json::{Map, Value as Json};
 
 /// Default request body limit (rest_cherrypy's `max_request_body_size`).
 pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
+
+/// Default time requests in flight get to finish on SIGTERM.
+pub const DEFAULT_GRACE: Duration = Duration::from_secs(30);
 
 /// The HTTP surfaces halite knows.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -107,6 +111,59 @@ impl Default for CherrypyOptions {
     }
 }
 
+/// Bounds on the connections of a surface, against clients that are slow
+/// or hostile: every one is enforced by hyper, rustls or a tower layer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ConnectionLimits {
+    /// `header_read_timeout` (seconds, default 30): time to finish the TLS
+    /// handshake, and for HTTP/1 to send a complete request head, on a new
+    /// connection or between keep-alive requests; then the connection closes.
+    pub header_read_timeout: Duration,
+    /// `idle_timeout` (seconds, default 60): an HTTP/2 connection is pinged
+    /// after this long without frames and closed when the ping goes
+    /// unanswered for 20 s. (For HTTP/1 the header read timeout bounds the
+    /// wait for the next request.)
+    pub idle_timeout: Duration,
+    /// `body_read_timeout` (seconds, default 30): the longest wait for the
+    /// next piece of a request body; then 408.
+    pub body_read_timeout: Duration,
+    /// `max_connections` (default 1024): connections beyond it are closed
+    /// as soon as they are accepted.
+    pub max_connections: usize,
+    /// `http2_max_concurrent_streams` (default 128): requests one HTTP/2
+    /// connection may have open at once.
+    pub http2_max_concurrent_streams: u32,
+}
+
+impl Default for ConnectionLimits {
+    fn default() -> Self {
+        ConnectionLimits {
+            header_read_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+            body_read_timeout: Duration::from_secs(30),
+            max_connections: 1024,
+            http2_max_concurrent_streams: 128,
+        }
+    }
+}
+
+/// The oldest TLS version a surface accepts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum TlsVersion {
+    #[default]
+    Tls12,
+    Tls13,
+}
+
+/// TLS options beyond the certificate: `tls_min_version` (`"1.2"`, the
+/// default, or `"1.3"`) and `tls_cipher_suites` (a list of rustls suite
+/// names such as `TLS13_AES_256_GCM_SHA384`; default: rustls' own list).
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsOptions {
+    pub min_version: TlsVersion,
+    pub cipher_suites: Option<Vec<String>>,
+}
+
 /// One surface to serve.
 #[derive(Debug, Clone)]
 pub struct Surface {
@@ -117,6 +174,11 @@ pub struct Surface {
     /// Intermediate certificates appended to the served chain (`ssl_chain`).
     pub tls_chain: Option<PathBuf>,
     pub max_body: usize,
+    pub connections: ConnectionLimits,
+    pub tls_options: TlsOptions,
+    /// `graceful_shutdown_timeout` (seconds, default 30): on SIGTERM, how
+    /// long requests in flight may take to finish.
+    pub grace: Duration,
     /// Only for the rest_cherrypy surface.
     pub cherrypy: CherrypyOptions,
 }
@@ -131,6 +193,9 @@ impl Surface {
             tls: None,
             tls_chain: None,
             max_body: DEFAULT_MAX_BODY,
+            connections: ConnectionLimits::default(),
+            tls_options: TlsOptions::default(),
+            grace: DEFAULT_GRACE,
             cherrypy: CherrypyOptions::default(),
         }
     }
@@ -144,6 +209,9 @@ impl Surface {
             tls: None,
             tls_chain: None,
             max_body: DEFAULT_MAX_BODY,
+            connections: ConnectionLimits::default(),
+            tls_options: TlsOptions::default(),
+            grace: DEFAULT_GRACE,
             cherrypy: opts,
         }
     }
@@ -202,6 +270,107 @@ fn body_limit(section: &Map<String, Json>) -> Result<usize, String> {
     }
 }
 
+/// A positive number of seconds (integer or decimal) under `key`.
+fn seconds_of(
+    section: &Map<String, Json>,
+    key: &str,
+    default: Duration,
+) -> Result<Duration, String> {
+    let bad = |v: &dyn std::fmt::Display| format!("{key} {v} is not a positive number of seconds");
+    let secs = match section.get(key) {
+        None | Some(Json::Null) => return Ok(default),
+        Some(Json::Number(n)) => n.as_f64().ok_or_else(|| bad(n))?,
+        Some(Json::String(t)) => t.trim().parse::<f64>().map_err(|_| bad(t))?,
+        Some(other) => return Err(bad(other)),
+    };
+    if secs.is_finite() && secs > 0.0 && secs <= 86_400.0 {
+        Ok(Duration::from_secs_f64(secs))
+    } else {
+        Err(bad(&secs))
+    }
+}
+
+/// A positive count under `key`, at most `max`.
+fn count_of(section: &Map<String, Json>, key: &str, default: u64, max: u64) -> Result<u64, String> {
+    let bad = |v: &dyn std::fmt::Display| format!("{key} {v} is not a count between 1 and {max}");
+    let n = match section.get(key) {
+        None | Some(Json::Null) => return Ok(default),
+        Some(Json::Number(n)) => n.as_u64().ok_or_else(|| bad(n))?,
+        Some(Json::String(t)) => t.trim().parse::<u64>().map_err(|_| bad(t))?,
+        Some(other) => return Err(bad(other)),
+    };
+    if (1..=max).contains(&n) {
+        Ok(n)
+    } else {
+        Err(bad(&n))
+    }
+}
+
+fn connection_limits(section: &Map<String, Json>) -> Result<ConnectionLimits, String> {
+    let d = ConnectionLimits::default();
+    Ok(ConnectionLimits {
+        header_read_timeout: seconds_of(section, "header_read_timeout", d.header_read_timeout)?,
+        idle_timeout: seconds_of(section, "idle_timeout", d.idle_timeout)?,
+        body_read_timeout: seconds_of(section, "body_read_timeout", d.body_read_timeout)?,
+        max_connections: count_of(
+            section,
+            "max_connections",
+            d.max_connections as u64,
+            1 << 20,
+        )? as usize,
+        http2_max_concurrent_streams: count_of(
+            section,
+            "http2_max_concurrent_streams",
+            u64::from(d.http2_max_concurrent_streams),
+            10_000,
+        )? as u32,
+    })
+}
+
+fn tls_options(section: &Map<String, Json>) -> Result<TlsOptions, String> {
+    let min_version = match section.get("tls_min_version") {
+        None | Some(Json::Null) => TlsVersion::Tls12,
+        Some(v) => match v
+            .as_str()
+            .map(str::to_owned)
+            .unwrap_or_else(|| v.to_string())
+            .trim()
+        {
+            "1.2" | "TLSv1.2" => TlsVersion::Tls12,
+            "1.3" | "TLSv1.3" => TlsVersion::Tls13,
+            other => {
+                return Err(format!(
+                    "tls_min_version {other} is not supported (use \"1.2\" or \"1.3\")"
+                ))
+            }
+        },
+    };
+    let cipher_suites = match section.get("tls_cipher_suites") {
+        None | Some(Json::Null) => None,
+        Some(Json::String(s)) => Some(
+            s.split([',', ':', ' '])
+                .filter(|n| !n.is_empty())
+                .map(str::to_owned)
+                .collect(),
+        ),
+        Some(Json::Array(items)) => Some(
+            items
+                .iter()
+                .map(|i| {
+                    i.as_str()
+                        .map(str::to_owned)
+                        .ok_or_else(|| format!("tls_cipher_suites: {i} is not a name"))
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+        ),
+        Some(other) => return Err(format!("tls_cipher_suites {other} is not a list of names")),
+    };
+    Ok(TlsOptions {
+        min_version,
+        cipher_suites,
+    })
+}
+
 /// Values that take precedence over the `rest_wsgi` section (the command
 /// line's `--host`, `--port`, `--ssl-crt`, `--ssl-key`).
 #[derive(Debug, Clone, Default)]
@@ -248,6 +417,10 @@ pub fn surfaces(config: &MasterConfig, cli: &Overrides) -> Result<Vec<Surface>, 
             tls,
             tls_chain: None,
             max_body: body_limit(section).map_err(|e| format!("rest_wsgi: {e}"))?,
+            connections: connection_limits(section).map_err(|e| format!("rest_wsgi: {e}"))?,
+            tls_options: tls_options(section).map_err(|e| format!("rest_wsgi: {e}"))?,
+            grace: seconds_of(section, "graceful_shutdown_timeout", DEFAULT_GRACE)
+                .map_err(|e| format!("rest_wsgi: {e}"))?,
             cherrypy: CherrypyOptions::default(),
         });
     } else if wsgi.is_some() {
@@ -275,6 +448,10 @@ pub fn surfaces(config: &MasterConfig, cli: &Overrides) -> Result<Vec<Surface>, 
             tls: tls.clone(),
             tls_chain: str_of(section, "ssl_chain").map(PathBuf::from),
             max_body: body_limit(section).map_err(|e| format!("rest_cherrypy: {e}"))?,
+            connections: connection_limits(section).map_err(|e| format!("rest_cherrypy: {e}"))?,
+            tls_options: tls_options(section).map_err(|e| format!("rest_cherrypy: {e}"))?,
+            grace: seconds_of(section, "graceful_shutdown_timeout", DEFAULT_GRACE)
+                .map_err(|e| format!("rest_cherrypy: {e}"))?,
             cherrypy: CherrypyOptions {
                 root_prefix: url_path(section, "root_prefix", "/"),
                 webhook_url: url_path(section, "webhook_url", "/hook"),
@@ -325,6 +502,31 @@ pub fn check_config(config: &MasterConfig, surfaces: &[Surface]) -> std::process
             s.port,
             s.max_body
         );
+        let c = &s.connections;
+        println!(
+            "  limits: header_read_timeout {:?}, body_read_timeout {:?}, idle_timeout {:?}, \
+             max_connections {}, http2_max_concurrent_streams {}, graceful_shutdown_timeout {:?}",
+            c.header_read_timeout,
+            c.body_read_timeout,
+            c.idle_timeout,
+            c.max_connections,
+            c.http2_max_concurrent_streams,
+            s.grace
+        );
+        if s.tls.is_some() {
+            println!(
+                "  tls: minimum {}, cipher suites {}",
+                match s.tls_options.min_version {
+                    TlsVersion::Tls12 => "1.2",
+                    TlsVersion::Tls13 => "1.3",
+                },
+                s.tls_options
+                    .cipher_suites
+                    .as_ref()
+                    .map(|c| c.join(", "))
+                    .unwrap_or_else(|| "rustls' defaults".into())
+            );
+        }
         if let Some((crt, key)) = &s.tls {
             for p in [crt, key] {
                 if !p.exists() {
@@ -354,5 +556,72 @@ pub fn check_config(config: &MasterConfig, surfaces: &[Surface]) -> std::process
         std::process::ExitCode::SUCCESS
     } else {
         std::process::ExitCode::from(1)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn section(yaml: &str) -> Map<String, Json> {
+        match serde_norway::from_str::<Json>(yaml).expect("YAML") {
+            Json::Object(m) => m,
+            other => panic!("not a mapping: {other}"),
+        }
+    }
+
+    #[test]
+    fn connection_limits_default_and_parse() {
+        assert_eq!(
+            connection_limits(&Map::new()).unwrap(),
+            ConnectionLimits::default()
+        );
+        let l = connection_limits(&section(
+            "{header_read_timeout: 2.5, body_read_timeout: '7', idle_timeout: 90, \
+             max_connections: 10, http2_max_concurrent_streams: 4}",
+        ))
+        .unwrap();
+        assert_eq!(l.header_read_timeout, Duration::from_millis(2500));
+        assert_eq!(l.body_read_timeout, Duration::from_secs(7));
+        assert_eq!(l.idle_timeout, Duration::from_secs(90));
+        assert_eq!(l.max_connections, 10);
+        assert_eq!(l.http2_max_concurrent_streams, 4);
+    }
+
+    #[test]
+    fn bad_limits_are_config_errors() {
+        for bad in [
+            "{header_read_timeout: 0}",
+            "{header_read_timeout: -1}",
+            "{body_read_timeout: soon}",
+            "{idle_timeout: [1]}",
+            "{max_connections: 0}",
+            "{http2_max_concurrent_streams: 100000}",
+        ] {
+            assert!(connection_limits(&section(bad)).is_err(), "{bad} accepted");
+        }
+    }
+
+    #[test]
+    fn tls_options_parse() {
+        assert_eq!(tls_options(&Map::new()).unwrap(), TlsOptions::default());
+        let t = tls_options(&section(
+            "{tls_min_version: '1.3', tls_cipher_suites: 'TLS13_AES_256_GCM_SHA384, TLS13_AES_128_GCM_SHA256'}",
+        ))
+        .unwrap();
+        assert_eq!(t.min_version, TlsVersion::Tls13);
+        assert_eq!(
+            t.cipher_suites.unwrap(),
+            ["TLS13_AES_256_GCM_SHA384", "TLS13_AES_128_GCM_SHA256"]
+        );
+        // YAML reads an unquoted 1.3 as a number; that means the same.
+        assert_eq!(
+            tls_options(&section("{tls_min_version: 1.3}"))
+                .unwrap()
+                .min_version,
+            TlsVersion::Tls13
+        );
+        assert!(tls_options(&section("{tls_min_version: '1.1'}")).is_err());
+        assert!(tls_options(&section("{tls_cipher_suites: 5}")).is_err());
     }
 }

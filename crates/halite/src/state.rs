@@ -6,6 +6,7 @@ use salt_client::clients::Netapi;
 use salt_client::master::Master;
 
 use crate::metrics::Metrics;
+use crate::shutdown::Shutdown;
 
 /// Limits applied to each request of a surface.
 #[derive(Debug, Clone, Copy)]
@@ -30,6 +31,8 @@ pub struct AppState {
     pub netapi: Netapi,
     pub limits: Limits,
     pub metrics: Arc<Metrics>,
+    /// Set when the server starts to stop; streams end on it.
+    pub shutdown: Shutdown,
 }
 
 impl AppState {
@@ -39,12 +42,20 @@ impl AppState {
         AppState::with_metrics(master, limits, Arc::new(Metrics::default()))
     }
 
+    /// The same state, ending its streams when `shutdown` is triggered.
+    pub fn with_shutdown(mut self, shutdown: Shutdown) -> AppState {
+        self.shutdown = shutdown;
+        self
+    }
+
     /// State for a surface of `master` recording into `metrics`.
     pub fn with_metrics(master: Master, limits: Limits, metrics: Arc<Metrics>) -> AppState {
+        metrics.attach(&master);
         AppState {
             netapi: Netapi::new(master),
             limits,
             metrics,
+            shutdown: Shutdown::default(),
         }
     }
 }

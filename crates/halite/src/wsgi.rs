@@ -49,7 +49,7 @@ async fn handle(State(state): State<AppState>, req: Request<Body>) -> Result<Res
             let parsed: serde_json::Value = serde_json::from_slice(&body)
                 .map_err(|e| ApiError::bad_request(format!("The body is not valid JSON: {e}")))?;
             let chunks = lowstate::chunks_from_json(parsed, false)?;
-            let ret = lowstate::run_chunks(&state.netapi, chunks).await?;
+            let ret = lowstate::run_chunks(&state, chunks).await?;
             Ok(json_response(StatusCode::OK, &json!({"return": ret})))
         }
         _ => Err(ApiError::method_not_allowed()),

@@ -4,6 +4,7 @@
 
 use axum::body::Body;
 use axum::http::{header, Request, StatusCode};
+use futures_util::StreamExt;
 use halite::settings::CherrypyOptions;
 use halite::{router, AppState, Limits, Surface};
 use http_body_util::BodyExt;
@@ -46,7 +47,7 @@ async fn health_routes_on_every_surface() {
         assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{body}");
         let (status, body) = call(app.clone(), get("/metrics")).await;
         assert_eq!(status, StatusCode::OK);
-        assert!(body.contains("halite_job_waiters 0"), "{body}");
+        assert!(body.lines().any(|l| l == "halite_job_waiters 0"), "{body}");
     }
 }
 
@@ -84,4 +85,30 @@ async fn cherrypy_trims_trailing_slashes() {
     let app = router(&Surface::cherrypy(CherrypyOptions::default()), state);
     let (status, body) = call(app, Request::get("/login/").body(Body::empty()).unwrap()).await;
     assert_eq!(status, StatusCode::OK, "{body}");
+}
+
+#[tokio::test]
+async fn a_body_that_stops_arriving_is_a_408() {
+    let dir = tempfile::tempdir().unwrap();
+    let mut surface = Surface::wsgi();
+    surface.connections.body_read_timeout = std::time::Duration::from_millis(200);
+    let app = router(
+        &surface,
+        AppState::new(absent_master(&dir), Limits::default()),
+    );
+    // One chunk, then nothing: the client stalls mid-body.
+    let stalled = futures_util::stream::once(async {
+        Ok::<_, std::io::Error>(axum::body::Bytes::from_static(b"[{\"client\":"))
+    })
+    .chain(futures_util::stream::pending());
+    let req = Request::post("/")
+        .header(header::CONTENT_TYPE, "application/json")
+        .body(Body::from_stream(stalled))
+        .unwrap();
+    let started = std::time::Instant::now();
+    let (status, body) = tokio::time::timeout(std::time::Duration::from_secs(10), call(app, req))
+        .await
+        .expect("the stalled body is given up on");
+    assert_eq!(status, StatusCode::REQUEST_TIMEOUT, "{body}");
+    assert!(started.elapsed() >= std::time::Duration::from_millis(200));
 }

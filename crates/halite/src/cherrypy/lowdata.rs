@@ -39,7 +39,7 @@ pub async fn exec(
             chunk.insert("client".into(), json!(c));
         }
     }
-    lowstate::run_chunks(&state.app.netapi, chunks).await
+    lowstate::run_chunks(&state.app, chunks).await
 }
 
 fn low(v: Json) -> Lowstate {

@@ -14,7 +14,6 @@ mod lowdata;
 pub(crate) mod session;
 mod stream;
 
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 use axum::extract::{Request, State};
@@ -156,10 +155,10 @@ async fn stats(
     fmt.ok(&json!({
         "halite": {
             "version": env!("CARGO_PKG_VERSION"),
-            "requests": m.requests.load(Ordering::Relaxed),
-            "requests_in_flight": m.in_flight.load(Ordering::Relaxed),
-            "errors_4xx": m.errors_4xx.load(Ordering::Relaxed),
-            "errors_5xx": m.errors_5xx.load(Ordering::Relaxed),
+            "requests": m.requests(),
+            "requests_in_flight": m.requests_in_flight(),
+            "errors_4xx": m.errors_4xx(),
+            "errors_5xx": m.errors_5xx(),
             "master_requests": master.requests_sent(),
             "event_bus_connected": master.bus().is_connected(),
             "events": master.bus().events_seen(),

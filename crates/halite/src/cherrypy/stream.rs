@@ -124,6 +124,14 @@ async fn feed_sse(
     loop {
         let frame = tokio::select! {
             () = out.closed() => return,
+            () = state.app.shutdown.wait() => {
+                // The last event of the stream: EventSource clients see why
+                // it ends (and reconnect after `retry`).
+                if let Ok(permit) = budget.clone().try_acquire_owned() {
+                    let _ = out.send((SHUTDOWN_EVENT.to_owned(), permit));
+                }
+                return;
+            }
             _ = recheck.tick() => {
                 if session::check(&master, &token).await.is_err() {
                     return;
@@ -162,6 +170,10 @@ async fn feed_sse(
         }
     }
 }
+
+/// The final `/events` frame when halite stops.
+const SHUTDOWN_EVENT: &str =
+    "event: shutdown\ndata: {\"tag\": \"halite/shutdown\", \"data\": {}}\n\n";
 
 /// `GET /events`.
 pub async fn events(
@@ -254,6 +266,15 @@ async fn ws_session(
     let mut recheck = tokio::time::interval_at(tokio::time::Instant::now() + RECHECK, RECHECK);
     loop {
         tokio::select! {
+            () = state.app.shutdown.wait() => {
+                // 1001 "going away": the server is stopping.
+                let close = axum::extract::ws::CloseFrame {
+                    code: axum::extract::ws::close_code::AWAY,
+                    reason: "halite is shutting down".into(),
+                };
+                let _ = socket.send(Message::Close(Some(close))).await;
+                return;
+            }
             msg = socket.recv() => match msg {
                 Some(Ok(Message::Text(t))) => {
                     if t.as_str() == "websocket client ready" {

@@ -27,6 +27,19 @@ pub fn lab_config() -> PathBuf {
     path
 }
 
+/// A master config for a master that is not running (sockets in `dir`,
+/// nothing on the request port): halite serves, `/health/ready` is 503.
+/// For tests of the HTTP layer that need no Salt lab.
+pub fn absent_master_config(dir: &Path) -> serde_norway::Mapping {
+    let yaml = format!(
+        "sock_dir: {0}\ncachedir: {0}\npki_dir: {0}\ninterface: 127.0.0.1\nret_port: {1}\n\
+         netapi_enable_clients: [local]\n",
+        dir.display(),
+        free_port()
+    );
+    serde_norway::from_str(&yaml).expect("a YAML mapping")
+}
+
 /// A port nobody listens on right now.
 pub fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0")
@@ -70,9 +83,14 @@ impl Halite {
             section.insert((*k).into(), (*v).into());
         }
         cfg.insert("rest_cherrypy".into(), section.into());
-        let dir = temp_dir(name);
+        Halite::start_in(temp_dir(name), &cfg, port)
+    }
+
+    /// Start halite with the master config `cfg`, written into `dir`, and
+    /// wait until `port` listens.
+    pub fn start_in(dir: PathBuf, cfg: &serde_norway::Mapping, port: u16) -> Halite {
         let config = dir.join("master");
-        std::fs::write(&config, serde_norway::to_string(&cfg).unwrap()).unwrap();
+        std::fs::write(&config, serde_norway::to_string(cfg).unwrap()).unwrap();
         let log = dir.join("halite.log");
         let out = std::fs::File::create(&log).unwrap();
         let child = Command::new(env!("CARGO_BIN_EXE_halite"))
@@ -94,6 +112,32 @@ impl Halite {
         };
         h.wait_listening(Duration::from_secs(20));
         h
+    }
+
+    /// Send `signal` (`TERM`, `HUP`, ...) to halite.
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill")
+            .arg(format!("-{signal}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("run kill");
+        assert!(status.success(), "kill -{signal} {}", self.pid());
+    }
+
+    /// Wait up to `limit` for halite to exit; its exit status.
+    pub fn wait_exit(&mut self, limit: Duration) -> std::process::ExitStatus {
+        let start = Instant::now();
+        loop {
+            if let Some(status) = self.child.try_wait().expect("wait for halite") {
+                return status;
+            }
+            assert!(
+                start.elapsed() < limit,
+                "halite did not exit within {limit:?}; log:\n{}",
+                self.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
     }
 
     fn wait_listening(&mut self, limit: Duration) {
