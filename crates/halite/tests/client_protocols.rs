@@ -331,10 +331,11 @@ async fn gui_session(c: &reqwest::Client, base: &str) -> Json {
     let cookie = session_cookie(&r);
     let (_, v) = reply_json(r).await;
     let token = v["return"][0]["token"].as_str().expect("token").to_owned();
+    // SaltGUI refuses a login whose perms are empty ("No permissions").
     assert!(
-        !v["return"][0]["perms"]
+        v["return"][0]["perms"]
             .as_array()
-            .map_or(true, Vec::is_empty),
+            .is_some_and(|p| !p.is_empty()),
         "perms: {v}"
     );
 
