@@ -10,8 +10,11 @@ use axum::response::Response;
 use axum::Router;
 use serde_json::json;
 
+use crate::body::read_body;
 use crate::error::ApiError;
-use crate::{json_response, lowstate, read_body, AppState};
+use crate::lowstate;
+use crate::response::json_response;
+use crate::state::AppState;
 
 /// The router of the rest_wsgi surface.
 pub fn router(state: AppState) -> Router {

@@ -5,7 +5,7 @@
 //!
 //! Python salt-api's `/login` returns a CherryPy session id: the oracle's
 //! authenticated endpoints get that session id, halite gets its own token.
-//! Where halite differs on purpose (see /work/shared/compat-notes.md), the
+//! Where halite differs on purpose (see docs/COMPATIBILITY.md), the
 //! test asserts halite's behaviour and says why.
 
 mod cp_common;
@@ -137,7 +137,7 @@ fn same(what: &str, (h, o): ((u16, Json), (u16, Json))) {
 }
 
 /// Same status; halite's error body is JSON `{"status", "return"}` where
-/// salt-api sends a CherryPy HTML page (deliberate, compat-notes).
+/// salt-api sends a CherryPy HTML page (deliberate, docs/COMPATIBILITY.md).
 fn same_error(what: &str, (h, o): ((u16, Json), (u16, Json))) {
     assert_eq!(
         h.0, o.0,

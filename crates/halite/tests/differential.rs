@@ -11,7 +11,7 @@
 //!   number of entries and keys: `local_subset` picks minions at random);
 //! - `sort`: the `return` list is in completion order (`local_batch`);
 //! - `expect_diff`: why halite deliberately differs from Python salt-api
-//!   (docs/COMPATIBILITY.md). Then only halite's own behaviour (`status`, and
+//!   (see docs/COMPATIBILITY.md). Then only halite's own behaviour (`status`, and
 //!   `message` if given) is asserted; the oracle's answer is printed.
 //! - `expect_diff_on`: the same for some Salt releases only (keyed by
 //!   release prefix, e.g. `"3006"`), where that release's salt-api is wrong.

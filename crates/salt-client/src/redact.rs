@@ -2,7 +2,7 @@
 //!
 //! The master itself fires the complete publish load — password, token and,
 //! from Python salt-api, the master's root key — on `salt/job/error` events
-//! (salt-protocol §7). Every event halite forwards and every load it logs goes
+//! (docs/PROTOCOL.md §7). Every event halite forwards and every load it logs goes
 //! through [`redact`].
 
 use serde_json::Value as Json;

@@ -2,7 +2,7 @@
 //!
 //! `/login` mints a token with the master's `mk_token` and returns the
 //! master's token itself (Python salt-api returns a CherryPy session id that
-//! no other server understands). The same fields as
+//! no other server understands; see docs/COMPATIBILITY.md). The same fields as
 //! salt-api: `token`, `start`, `expire`, `user`, `eauth`, `perms`.
 
 use std::net::SocketAddr;
@@ -88,7 +88,7 @@ pub async fn login_post(
             }
         };
         state.throttle.succeeded(&username);
-        let perms = auth::permissions(&master.config().external_auth(), &token);
+        let perms = auth::permissions(master.config().external_auth(), &token);
         let value = |k: &str| token.get(k).cloned().unwrap_or(Json::Null);
         let t = value("token").as_str().unwrap_or_default().to_owned();
         let expire = value("expire");
@@ -144,7 +144,7 @@ pub async fn logout(State(state): State<CpState>, fmt: Format, headers: HeaderMa
 }
 
 /// Remove a token from the master's token store. There is no clear command
-/// for it: salt-api deletes it in-process from the
+/// for it (docs/PROTOCOL.md §3.5.4): salt-api deletes it in-process from the
 /// store on disk, and so does halite (it runs on the master host as the
 /// master user), then checks with `get_token`; the `auth.del_token` runner
 /// is the fallback for a store halite cannot reach (works on 3006/3007).

@@ -27,7 +27,7 @@ use serde_json::json;
 use tower::ServiceExt;
 
 use crate::settings::CherrypyOptions;
-use crate::AppState;
+use crate::state::AppState;
 pub use format::Format;
 
 /// State of the rest_cherrypy surface.
@@ -101,7 +101,7 @@ pub fn router(app: AppState, opts: CherrypyOptions) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .with_state(state.clone())
-        .merge(crate::metrics::routes().with_state(app))
+        .merge(crate::health::routes().with_state(app))
         .layer(middleware::from_fn(private_cache))
         .layer(middleware::from_fn_with_state(state.clone(), html_override))
         .layer(middleware::from_fn(cors))

@@ -4,7 +4,7 @@
 //! Salt's `NetapiClient` returns it.
 //!
 //! [`Netapi::run`] performs NetapiClient's pre-checks in the same order
-//! and dispatches on `client`.
+//! (docs/PROTOCOL.md §5.1) and dispatches on `client`.
 
 mod batch;
 mod local;

@@ -1,4 +1,5 @@
-//! `runner` and `runner_async`: `RunnerClient.cmd_sync` / `cmd_async`.
+//! `runner` and `runner_async`: `RunnerClient.cmd_sync` / `cmd_async`
+//! (docs/PROTOCOL.md §3.5.2, §5.6).
 //!
 //! The lowstate is reshaped as `RunnerClient._reformat_low` does:
 //! credentials to the top level, `k=v` strings of `arg` and every leftover
@@ -20,8 +21,7 @@ use crate::error::{Result, SaltError};
 use crate::master::Master;
 use crate::value;
 
-/// Keys moved to the top level of the load (never `key`: the master's root
-/// key would end up in the job cache).
+/// Keys moved to the top level of the load (never `key`: see docs/PROTOCOL.md §7).
 const TOP_LEVEL: [&str; 6] = ["username", "password", "eauth", "token", "client", "user"];
 /// Keys NetapiClient.runner consumes before `_reformat_low`.
 const CONSUMED: [&str; 5] = ["fun", "arg", "kwarg", "timeout", "full_return"];
@@ -369,7 +369,7 @@ mod tests {
 
     #[test]
     fn load_matches_netapiclient_wire() {
-        // p04 (results/p04_3008.txt): arg ["a", "b=c"], kwarg {"d": "e"}, extra="x"
+        // What a real 3008 NetapiClient sent for arg ["a", "b=c"], kwarg {"d": "e"}, extra="x"
         let l = low(
             json!({"client": "runner", "fun": "test.arg", "eauth": "auto", "username": "u",
             "password": "p", "arg": ["a", "b=c"], "kwarg": {"d": "e"}, "extra": "x", "timeout": 5}),
