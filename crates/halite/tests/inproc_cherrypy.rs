@@ -388,7 +388,8 @@ async fn login_fields_cookie_cache_control_and_hook_remote_addr() {
         cookie.starts_with(&format!("session_id={token}; expires=")),
         "{cookie}"
     );
-    assert!(cookie.ends_with("; Path=/"), "{cookie}");
+    assert!(cookie.contains("; Path=/"), "{cookie}");
+    assert!(cookie.contains("; HttpOnly; SameSite=Strict"), "{cookie}");
     let max_age: f64 = cookie
         .split("Max-Age=")
         .nth(1)
