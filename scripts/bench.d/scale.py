@@ -229,7 +229,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--bin-dir", required=True)
     p.add_argument("--workdir", required=True)
-    p.add_argument("--port", type=int, default=34606)
+    p.add_argument("--port", type=int, default=16606)
     p.add_argument("--minions", default="100,1000,10000,30000")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--salt-python", default="")
