@@ -229,7 +229,7 @@ def main():
     p = argparse.ArgumentParser()
     p.add_argument("--bin-dir", required=True)
     p.add_argument("--workdir", required=True)
-    p.add_argument("--port", type=int, default=34606)
+    p.add_argument("--port", type=int, default=16606)
     p.add_argument("--minions", default="100,1000,10000,30000")
     p.add_argument("--reps", type=int, default=3)
     p.add_argument("--salt-python", default="")
@@ -270,19 +270,21 @@ def main():
             stop(nm)
     if a.inflight:
         results["inflight"] = inflight_runs(a, port, wsgi, cp)
-    if a.firehose_secs:
-        nd = f"{a.workdir}/null-firehose"
+    for threads in ([1, 2] if a.firehose_secs else []):
+        nd = f"{a.workdir}/null-firehose-{threads}"
         nm = subprocess.Popen([f"{a.bin_dir}/null-master", "--port", str(port), "--dir", nd,
                                "--minions", "3", "--firehose-secs", str(a.firehose_secs + 5), "--threads", "2"],
                               stdout=subprocess.DEVNULL, stderr=open(f"{a.workdir}/null-master.log", "ab"))
         try:
             wait_port(port)
-            r = subprocess.run([f"{a.bin_dir}/bus-rate", "--sock-dir", f"{nd}/sock",
+            r = subprocess.run([f"{a.bin_dir}/bus-rate", "--sock-dir", f"{nd}/sock", "--threads", str(threads),
                                 "--secs", str(a.firehose_secs)], capture_output=True, text=True,
                                timeout=a.firehose_secs + 60)
-            results["firehose"] = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else {"error": r.stderr}
-            results["firehose"]["loadavg"] = os.getloadavg()
-            log(f"firehose: {results['firehose']}")
+            fh = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else {"error": r.stderr}
+            fh["loadavg"] = os.getloadavg()
+            fh["threads"] = threads
+            results.setdefault("firehose", []).append(fh)
+            log(f"firehose: {fh}")
         finally:
             stop(nm)
     with open(a.out, "w") as f:
@@ -312,10 +314,11 @@ def table(r):
             lines.append(f"| {x['calls']:,} | {x['http']} | {x['connections']} | {x['ok']} | "
                          f"{(x['failed'] or 0) + (x['incomplete'] or 0)} | {x['idle_rss_mib']:.1f} | "
                          f"{x['peak_rss_mib']:.1f} | {x['kib_per_call']:.1f} |")
-    fh = r.get("firehose")
-    if fh and "error" not in fh:
+    for fh in r.get("firehose", []):
+        if "error" in fh:
+            continue
         lines.append("")
-        lines.append(f"bus firehose: {fh['events']:,} events in {fh['wall_s']:.1f} s, "
+        lines.append(f"bus firehose, {fh['threads']} thread(s): {fh['events']:,} events in {fh['wall_s']:.1f} s, "
                      f"{fh['cpu_s']:.2f} CPU s: {fh['events_per_cpu_s']:,.0f} events per CPU-second "
                      f"({fh['events_per_s']:,.0f}/s wall); waiter got {fh['waiter_returns']:,} returns, "
                      f"lost other events: {fh['waiter_lost_events']}, lost returns: {fh.get('waiter_lost_returns')}")

@@ -75,10 +75,11 @@ impl Event {
 
     /// The event data as JSON (an empty object if it is not decodable).
     pub fn data(&self) -> &Json {
-        self.data.get_or_init(|| match value::decode(&self.raw) {
-            Ok(v) => value::to_json(&v),
-            Err(_) => Json::Object(Default::default()),
-        })
+        self.data
+            .get_or_init(|| match value::decode_to_json(&self.raw) {
+                Ok(v) => v,
+                Err(_) => Json::Object(Default::default()),
+            })
     }
 
     /// The jid this event belongs to, from its tag.
