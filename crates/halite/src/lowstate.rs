@@ -3,7 +3,7 @@
 //! Shared by every surface; surfaces differ only in where credentials come
 //! from and how bodies and responses are encoded.
 
-use salt_client::clients::{Lowstate, Output, CLIENTS};
+use salt_client::clients::{Client, Lowstate, Output};
 use salt_client::{redact, ErrorKind};
 use serde_json::Value as Json;
 
@@ -96,11 +96,7 @@ pub async fn run_chunks(state: &AppState, chunks: Vec<Lowstate>) -> Result<Vec<J
 /// `other` (a name chosen by the request must not become a series).
 fn client_label(chunk: &Lowstate) -> &'static str {
     let named = chunk.get("client").and_then(Json::as_str).unwrap_or("");
-    CLIENTS
-        .iter()
-        .find(|c| **c == named)
-        .copied()
-        .unwrap_or("other")
+    named.parse::<Client>().map_or("other", Client::as_str)
 }
 
 fn outcome_label(kind: ErrorKind) -> &'static str {

@@ -20,6 +20,7 @@
 //! ```
 
 pub mod acl;
+pub mod args;
 pub mod auth;
 pub mod clients;
 pub mod config;

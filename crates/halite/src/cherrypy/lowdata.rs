@@ -5,7 +5,7 @@ use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
 use axum::response::Response;
-use salt_client::clients::{Lowstate, CLIENTS};
+use salt_client::clients::{Client, Lowstate};
 use serde_json::{json, Value as Json};
 
 use super::format::{self, Format};
@@ -51,7 +51,11 @@ fn low(v: Json) -> Lowstate {
 
 /// `GET /`: an index of the API.
 pub async fn index(fmt: Format) -> Response {
-    let clients: Vec<&str> = CLIENTS.iter().copied().filter(|c| *c != "ssh").collect();
+    let clients: Vec<&str> = Client::ALL
+        .into_iter()
+        .filter(|c| *c != Client::Ssh)
+        .map(Client::as_str)
+        .collect();
     fmt.ok(&json!({"return": "Welcome", "clients": clients}))
 }
 

@@ -20,7 +20,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::local::LocalJob;
-use super::{seconds, secs, truthy, Lowstate};
+use super::Lowstate;
+use crate::args::{seconds, secs, truthy};
 use crate::error::{Result, SaltError};
 use crate::master::Master;
 

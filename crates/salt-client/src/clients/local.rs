@@ -9,7 +9,8 @@ use rmpv::Value as Mp;
 use serde_json::{json, Map, Value as Json};
 use tokio::time::Instant;
 
-use super::{arg_list, kwarg_map, seconds, secs, truthy, Lowstate};
+use super::Lowstate;
+use crate::args::{arg_list, condition_input, kwarg_map, seconds, secs, truthy};
 use crate::error::{Result, SaltError};
 use crate::events::{Event, JidSubscription};
 use crate::master::Master;
@@ -92,14 +93,7 @@ impl LocalJob {
         };
         let conf_file = config.path().display().to_string();
         let (tgt, tgt_type) = targeting::expand(&tgt, &tgt_type, config.nodegroups(), &conf_file)?;
-        let mut arg = condition_args(arg_list(low));
-        let kwarg = kwarg_map(low)?;
-        if !kwarg.is_empty() {
-            let mut k = Map::new();
-            k.insert("__kwarg__".into(), Json::Bool(true));
-            k.extend(kwarg);
-            arg.push(Json::Object(k));
-        }
+        let arg = condition_input(arg_list(low), kwarg_map(low)?);
         let mut ret = match low.get("ret") {
             Some(Json::String(s)) => s.clone(),
             _ => String::new(),
@@ -627,21 +621,6 @@ pub async fn publish(
     })
 }
 
-/// `salt.utils.args.condition_input`: integers that look like a jid are
-/// sent as strings. Salt's test is `salt.utils.jid.is_jid(str(arg))`: the
-/// text is 20 characters and `int()` parses it, so a negative 19-digit
-/// integer such as `-9223372036854775808` counts too.
-fn condition_args(args: Vec<Json>) -> Vec<Json> {
-    args.into_iter()
-        .map(|a| match &a {
-            Json::Number(n) if (n.is_u64() || n.is_i64()) && n.to_string().len() == 20 => {
-                Json::String(n.to_string())
-            }
-            _ => a,
-        })
-        .collect()
-}
-
 /// `local`: `LocalClient.cmd`.
 pub async fn local(master: &Master, low: Lowstate) -> Result<Json> {
     let job = LocalJob::from_low(master, &low, &[])?;
@@ -676,32 +655,4 @@ pub async fn local_async(master: &Master, low: Lowstate) -> Result<Json> {
         return Ok(Json::Object(Map::new()));
     }
     Ok(json!({"jid": reply.jid, "minions": reply.minions}))
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn jid_like_integers_become_strings() {
-        let out = condition_args(vec![
-            json!(10000000000000000000u64),
-            json!(5),
-            json!("x"),
-            json!(i64::MIN),
-            json!(-100000000000000000i64),
-            json!(1.5),
-        ]);
-        assert_eq!(
-            out,
-            vec![
-                json!("10000000000000000000"),
-                json!(5),
-                json!("x"),
-                json!("-9223372036854775808"),
-                json!(-100000000000000000i64),
-                json!(1.5)
-            ]
-        );
-    }
 }

@@ -12,31 +12,80 @@ mod runner;
 mod subset;
 mod wheel;
 
-use std::time::Duration;
-
 use serde_json::{Map, Value as Json};
 
 use crate::error::{Result, SaltError};
 use crate::master::Master;
 
+pub use crate::args::yamlify_arg;
 pub use local::{Collected, Gatherer, LocalJob, PubReply};
-pub use runner::yamlify_arg;
 
 /// One lowstate chunk: the JSON object an HTTP client sent.
 pub type Lowstate = Map<String, Json>;
 
-/// Every client NetapiClient knows, in its order.
-pub const CLIENTS: [&str; 9] = [
-    "local",
-    "local_async",
-    "local_batch",
-    "local_subset",
-    "runner",
-    "runner_async",
-    "wheel",
-    "wheel_async",
-    "ssh",
-];
+/// A lowstate `client`: every client NetapiClient knows, in its order.
+/// Adding one is compiler-guided: [`Netapi::run`] matches exhaustively.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Client {
+    Local,
+    LocalAsync,
+    LocalBatch,
+    LocalSubset,
+    Runner,
+    RunnerAsync,
+    Wheel,
+    WheelAsync,
+    /// Runs salt-ssh inside Python's salt-api process: no wire equivalent.
+    Ssh,
+}
+
+impl Client {
+    /// Every client, in NetapiClient's order.
+    pub const ALL: [Client; 9] = [
+        Client::Local,
+        Client::LocalAsync,
+        Client::LocalBatch,
+        Client::LocalSubset,
+        Client::Runner,
+        Client::RunnerAsync,
+        Client::Wheel,
+        Client::WheelAsync,
+        Client::Ssh,
+    ];
+
+    /// The name a lowstate uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Client::Local => "local",
+            Client::LocalAsync => "local_async",
+            Client::LocalBatch => "local_batch",
+            Client::LocalSubset => "local_subset",
+            Client::Runner => "runner",
+            Client::RunnerAsync => "runner_async",
+            Client::Wheel => "wheel",
+            Client::WheelAsync => "wheel_async",
+            Client::Ssh => "ssh",
+        }
+    }
+}
+
+impl std::str::FromStr for Client {
+    type Err = SaltError;
+
+    /// NetapiClient's error for a name it does not know.
+    fn from_str(name: &str) -> Result<Client> {
+        Client::ALL
+            .into_iter()
+            .find(|c| c.as_str() == name)
+            .ok_or_else(|| SaltError::Invocation(format!("Invalid client specified: '{name}'")))
+    }
+}
+
+impl std::fmt::Display for Client {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
 
 /// The keys that carry credentials in a lowstate.
 pub const CREDENTIAL_KEYS: [&str; 4] = ["eauth", "username", "password", "token"];
@@ -70,16 +119,16 @@ impl Netapi {
     pub async fn run(&self, low: Lowstate) -> Result<Output> {
         let client = self.precheck(&low)?;
         let m = &self.master;
-        match client.as_str() {
-            "local" => local::local(m, low).await.map(Output::One),
-            "local_async" => local::local_async(m, low).await.map(Output::One),
-            "local_batch" => batch::local_batch(m, low).await.map(Output::Many),
-            "local_subset" => subset::local_subset(m, low).await.map(Output::One),
-            "runner" => runner::runner(m, low).await.map(Output::One),
-            "runner_async" => runner::runner_async(m, low).await.map(Output::One),
-            "wheel" => wheel::wheel(m, low).await.map(Output::One),
-            "wheel_async" => wheel::wheel_async(m, low).await.map(Output::One),
-            _ => Err(SaltError::Invocation(
+        match client {
+            Client::Local => local::local(m, low).await.map(Output::One),
+            Client::LocalAsync => local::local_async(m, low).await.map(Output::One),
+            Client::LocalBatch => batch::local_batch(m, low).await.map(Output::Many),
+            Client::LocalSubset => subset::local_subset(m, low).await.map(Output::One),
+            Client::Runner => runner::runner(m, low).await.map(Output::One),
+            Client::RunnerAsync => runner::runner_async(m, low).await.map(Output::One),
+            Client::Wheel => wheel::wheel(m, low).await.map(Output::One),
+            Client::WheelAsync => wheel::wheel_async(m, low).await.map(Output::One),
+            Client::Ssh => Err(SaltError::Invocation(
                 "The 'ssh' client runs salt-ssh inside Python's salt-api process and has no \
                  equivalent on the master's wire protocol; use the runner 'ssh.cmd' instead \
                  (client: runner, fun: ssh.cmd)."
@@ -93,7 +142,7 @@ impl Netapi {
     /// callers that stream them. `None` when no minion matched the target.
     /// Any other client is an invocation error.
     pub async fn start_local(&self, low: Lowstate) -> Result<Option<Gatherer>> {
-        if self.precheck(&low)? != "local" {
+        if self.precheck(&low)? != Client::Local {
             return Err(SaltError::Invocation(
                 "only the 'local' client can stream its returns".into(),
             ));
@@ -101,11 +150,11 @@ impl Netapi {
         local::start_local(&self.master, low).await
     }
 
-    /// NetapiClient's checks, in its order; the client name.
-    fn precheck(&self, low: &Lowstate) -> Result<String> {
+    /// NetapiClient's checks, in its order; the client.
+    fn precheck(&self, low: &Lowstate) -> Result<Client> {
         let config = self.master.config();
-        let client = match low.get("client") {
-            Some(Json::String(c)) => c.clone(),
+        let client: Client = match low.get("client") {
+            Some(Json::String(c)) => c.parse()?,
             Some(other) => {
                 return Err(SaltError::Invocation(format!(
                     "Invalid client specified: '{other}'"
@@ -113,12 +162,11 @@ impl Netapi {
             }
             None => return Err(SaltError::Invocation("No client specified".into())),
         };
-        if !CLIENTS.contains(&client.as_str()) {
-            return Err(SaltError::Invocation(format!(
-                "Invalid client specified: '{client}'"
-            )));
-        }
-        if !config.netapi_enable_clients().iter().any(|c| c == &client) {
+        if !config
+            .netapi_enable_clients()
+            .iter()
+            .any(|c| c == client.as_str())
+        {
             return Err(SaltError::Invocation(format!(
                 "Client disabled: '{client}'. Add to 'netapi_enable_clients' master config option to enable."
             )));
@@ -143,70 +191,12 @@ impl Netapi {
                 "Authentication failure of type \"eauth\" occurred for user {user}."
             )));
         }
-        if truthy(low.get("raw_shell")) && !config.netapi_allow_raw_shell() {
+        if crate::args::truthy(low.get("raw_shell")) && !config.netapi_allow_raw_shell() {
             return Err(SaltError::Authentication(
                 "Raw shell option not allowed.".into(),
             ));
         }
         Ok(client)
-    }
-}
-
-/// Python truthiness of a JSON value.
-pub(crate) fn truthy(v: Option<&Json>) -> bool {
-    match v {
-        None | Some(Json::Null) => false,
-        Some(Json::Bool(b)) => *b,
-        Some(Json::Number(n)) => n.as_f64() != Some(0.0),
-        Some(Json::String(s)) => !s.is_empty(),
-        Some(Json::Array(a)) => !a.is_empty(),
-        Some(Json::Object(o)) => !o.is_empty(),
-    }
-}
-
-/// A number of seconds from a lowstate value (number or numeric string).
-pub(crate) fn seconds(v: Option<&Json>) -> Option<f64> {
-    match v? {
-        Json::Number(n) => n.as_f64(),
-        Json::String(s) => s.trim().parse().ok(),
-        _ => None,
-    }
-    .filter(|s: &f64| s.is_finite() && *s >= 0.0)
-}
-
-/// Duration from seconds, saturating.
-pub(crate) fn secs(s: f64) -> Duration {
-    Duration::try_from_secs_f64(s).unwrap_or(Duration::from_secs(86_400 * 365))
-}
-
-/// `arg` as a list: a scalar is one argument (rest_cherrypy wraps it).
-pub(crate) fn arg_list(low: &Lowstate) -> Vec<Json> {
-    match low.get("arg") {
-        None | Some(Json::Null) => Vec::new(),
-        Some(Json::Array(a)) => a.clone(),
-        Some(other) => vec![other.clone()],
-    }
-}
-
-/// `kwarg` as a map; anything else is the caller's error.
-pub(crate) fn kwarg_map(low: &Lowstate) -> Result<Map<String, Json>> {
-    match low.get("kwarg") {
-        None | Some(Json::Null) => Ok(Map::new()),
-        Some(Json::Object(m)) => Ok(m.clone()),
-        Some(_) => Err(SaltError::Invocation("'kwarg' must be a dictionary".into())),
-    }
-}
-
-/// A required string field.
-pub(crate) fn required_str<'a>(low: &'a Lowstate, key: &str) -> Result<&'a str> {
-    match low.get(key) {
-        Some(Json::String(s)) if !s.is_empty() => Ok(s),
-        Some(_) => Err(SaltError::Invocation(format!(
-            "'{key}' must be a non-empty string"
-        ))),
-        None => Err(SaltError::Invocation(format!(
-            "Missing required argument '{key}'"
-        ))),
     }
 }
 

@@ -12,11 +12,11 @@ use std::collections::{HashMap, HashSet};
 use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
-use regex::Regex;
 use serde_json::{json, Map, Value as Json};
 use tokio::time::Instant;
 
-use super::{arg_list, kwarg_map, required_str, seconds, secs, truthy, Lowstate};
+use super::Lowstate;
+use crate::args::{arg_list, kwarg_map, parse_input, required_str, seconds, secs, truthy};
 use crate::error::{Result, SaltError};
 use crate::master::Master;
 use crate::value;
@@ -56,46 +56,6 @@ pub fn runner_load(low: &Lowstate) -> Result<Json> {
     }
     load.insert("kwarg".into(), json!({"arg": args, "kwarg": kwargs}));
     Ok(Json::Object(load))
-}
-
-/// `name=value` (Salt's `kwarg_regex`). Compiled once: building a Unicode
-/// regex costs about a millisecond, more than the rest of a runner call.
-static KWARG_RE: LazyLock<Regex> =
-    LazyLock::new(|| Regex::new(r"(?s)^([^\W\d]\w*)=(.*)$").expect("static regex"));
-
-/// `salt.utils.args.parse_input(args, condition=False)`: `name=value`
-/// strings and `{"__kwarg__": true, ...}` maps become keyword arguments.
-pub fn parse_input(args: Vec<Json>) -> (Vec<Json>, Map<String, Json>) {
-    let mut out_args = Vec::new();
-    let mut kwargs = Map::new();
-    for arg in args {
-        match arg {
-            Json::String(s) => match KWARG_RE.captures(&s) {
-                Some(c) if !c[2].starts_with('=') => {
-                    kwargs.insert(c[1].to_owned(), yamlify_arg(&c[2]));
-                }
-                _ => out_args.push(Json::String(s)),
-            },
-            Json::Object(mut m) if m.get("__kwarg__") == Some(&Json::Bool(true)) => {
-                m.remove("__kwarg__");
-                kwargs.extend(m);
-            }
-            other => out_args.push(other),
-        }
-    }
-    (out_args, kwargs)
-}
-
-/// `salt.utils.args.yamlify_arg`, simplified: a value that YAML reads as a
-/// number, boolean, null, list or map becomes that; anything else stays text.
-pub fn yamlify_arg(text: &str) -> Json {
-    if text.is_empty() || text.trim() != text || text.contains('#') {
-        return Json::String(text.to_owned());
-    }
-    match crate::yaml::from_str(text) {
-        Ok(Json::String(_)) | Err(_) => Json::String(text.to_owned()),
-        Ok(v) => v,
-    }
 }
 
 /// `runner_async`: start the runner and return `{jid, tag}`. A function

@@ -7,7 +7,8 @@ use std::time::Duration;
 use rmpv::Value as Mp;
 use serde_json::{json, Value as Json};
 
-use super::{required_str, secs, Lowstate};
+use super::Lowstate;
+use crate::args::{required_str, secs};
 use crate::error::Result;
 use crate::master::Master;
 use crate::value;

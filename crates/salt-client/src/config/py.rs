@@ -9,16 +9,9 @@ pub(super) fn warn(warnings: &mut Vec<String>, message: String) {
     warnings.push(message);
 }
 
-/// Python truthiness: null, false, 0, "" and empty containers are false.
+/// Python truthiness (the one rule, shared with lowstates).
 pub(super) fn py_truthy(value: &Value) -> bool {
-    match value {
-        Value::Null => false,
-        Value::Bool(b) => *b,
-        Value::Number(n) => n.as_f64().is_some_and(|f| f != 0.0),
-        Value::String(s) => !s.is_empty(),
-        Value::Array(a) => !a.is_empty(),
-        Value::Object(o) => !o.is_empty(),
-    }
+    crate::args::truthy(Some(value))
 }
 
 pub(super) fn json_kind(value: &Value) -> &'static str {
