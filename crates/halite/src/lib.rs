@@ -34,6 +34,7 @@ mod body;
 mod cherrypy;
 pub mod error;
 mod health;
+mod logsafe;
 mod lowstate;
 pub mod metrics;
 mod pyjson;
@@ -43,6 +44,7 @@ mod serve;
 pub mod settings;
 mod shutdown;
 mod state;
+mod throttle;
 mod tls;
 mod wsgi;
 

@@ -7,9 +7,12 @@ use salt_client::clients::{Lowstate, Output, CLIENTS};
 use salt_client::{redact, ErrorKind};
 use serde_json::Value as Json;
 
+use axum::http::StatusCode;
+
 use crate::error::ApiError;
 use crate::metrics::CallLabels;
 use crate::state::AppState;
+use crate::throttle::{self, Throttle};
 
 /// A body must be a JSON array of objects (rest_wsgi), or one object that
 /// rest_cherrypy wraps into a list.
@@ -47,8 +50,23 @@ pub async fn run_chunks(state: &AppState, chunks: Vec<Lowstate>) -> Result<Vec<J
             }
         }
         if tracing::enabled!(tracing::Level::DEBUG) {
-            tracing::debug!(lowstate = %redact::redacted(&Json::Object(chunk.clone())), "running lowstate");
+            let shown = redact::redacted(&Json::Object(chunk.clone())).to_string();
+            tracing::debug!(lowstate = %crate::logsafe::bounded(&shown), "running lowstate");
         }
+        let attempt = if chunk.contains_key("token") {
+            None
+        } else {
+            // Inline eauth credentials: the master checks them (PAM holds
+            // one of its workers for seconds), so they go through the throttle.
+            let user = chunk.get("username").and_then(Json::as_str).unwrap_or("");
+            Some(
+                Throttle::global()
+                    .begin(user, throttle::peer())
+                    .map_err(|t| {
+                        ApiError::new(StatusCode::TOO_MANY_REQUESTS, throttle::message(t))
+                    })?,
+            )
+        };
         let client = client_label(&chunk);
         let started = std::time::Instant::now();
         let result = state.netapi.run(chunk).await;
@@ -59,6 +77,13 @@ pub async fn run_chunks(state: &AppState, chunks: Vec<Lowstate>) -> Result<Vec<J
         state
             .metrics
             .observe_call(CallLabels { client, outcome }, started.elapsed());
+        if let Some(attempt) = attempt {
+            match &result {
+                Err(e) if e.kind() == salt_client::ErrorKind::Authentication => attempt.failed(),
+                Ok(_) => attempt.succeeded(),
+                Err(_) => drop(attempt),
+            }
+        }
         match result? {
             Output::One(v) => out.push(v),
             Output::Many(vs) => out.extend(vs),

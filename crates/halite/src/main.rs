@@ -134,13 +134,14 @@ fn main() -> ExitCode {
 }
 
 /// Logs go to stderr through a background writer (one write per line from
-/// the request path cost a syscall per request); it blocks rather than drops
-/// when the writer falls behind. The guard flushes at exit.
+/// the request path cost a syscall per request); when the writer falls
+/// behind it drops lines rather than stalling requests (a client that
+/// floods the log must not slow everyone). The guard flushes at exit.
 fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuard {
     let filter = tracing_subscriber::EnvFilter::try_from_env("HALITE_LOG")
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
     let (writer, guard) = tracing_appender::non_blocking::NonBlockingBuilder::default()
-        .lossy(false)
+        .lossy(true)
         .buffered_lines_limit(4096)
         .finish(std::io::stderr());
     let builder = tracing_subscriber::fmt()

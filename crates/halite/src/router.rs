@@ -112,13 +112,16 @@ impl Accounting {
         m.in_flight.inc();
         let _guard = InFlight(m);
         let method = req.method().clone();
-        let path = req.uri().path().to_owned();
-        let endpoint = self.endpoint(&path);
+        // Logged with tokens in the query masked.
+        let shown = crate::logsafe::uri(req.uri());
+        let endpoint = self.endpoint(req.uri().path());
         let started = std::time::Instant::now();
         let resp = next.run(req).await;
         let elapsed = started.elapsed();
         let status = resp.status();
-        if status == StatusCode::TOO_MANY_REQUESTS && endpoint == "/login" {
+        // 429 comes only from the login throttle (`/login`, and lowstates
+        // with inline eauth credentials).
+        if status == StatusCode::TOO_MANY_REQUESTS {
             m.logins_throttled.inc();
         }
         m.observe_request(
@@ -129,7 +132,7 @@ impl Accounting {
             },
             elapsed,
         );
-        tracing::info!(%method, %path, status = status.as_u16(), ms = elapsed.as_millis() as u64, "request");
+        tracing::info!(%method, path = %shown, status = status.as_u16(), ms = elapsed.as_millis() as u64, "request");
         resp
     }
 }

@@ -46,6 +46,50 @@ pub struct CherrypyOptions {
     pub static_path: String,
     pub app: Option<PathBuf>,
     pub app_path: String,
+    /// Origins allowed to make credentialed cross-origin requests
+    /// (`cors_origins`; none by default, `*` for any).
+    pub cors_origins: Vec<String>,
+    /// Served over TLS: the session cookie gets `Secure`.
+    pub tls: bool,
+    /// Which events a token's holder sees on `/events` and `/ws`
+    /// (`event_visibility`).
+    pub event_visibility: EventVisibility,
+}
+
+/// Who sees which events on the event streams.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum EventVisibility {
+    /// Every event, to every valid token (salt-api's behaviour).
+    All,
+    /// Only what the token's eauth ACL covers (the default).
+    #[default]
+    Acl,
+}
+
+fn event_visibility(section: &Map<String, Json>) -> Result<EventVisibility, String> {
+    match str_of(section, "event_visibility").as_deref() {
+        None | Some("acl") => Ok(EventVisibility::Acl),
+        Some("all") => Ok(EventVisibility::All),
+        Some(other) => Err(format!(
+            "event_visibility '{other}' is not one of 'acl', 'all'"
+        )),
+    }
+}
+
+fn list_of(section: &Map<String, Json>, key: &str) -> Vec<String> {
+    match section.get(key) {
+        Some(Json::String(s)) => s
+            .split([',', ' '])
+            .filter(|o| !o.is_empty())
+            .map(str::to_owned)
+            .collect(),
+        Some(Json::Array(items)) => items
+            .iter()
+            .filter_map(Json::as_str)
+            .map(str::to_owned)
+            .collect(),
+        _ => Vec::new(),
+    }
 }
 
 impl Default for CherrypyOptions {
@@ -60,6 +104,9 @@ impl Default for CherrypyOptions {
             static_path: "/static".into(),
             app: None,
             app_path: "/app".into(),
+            cors_origins: Vec::new(),
+            tls: false,
+            event_visibility: EventVisibility::default(),
         }
     }
 }
@@ -398,7 +445,7 @@ pub fn surfaces(config: &MasterConfig, cli: &Overrides) -> Result<Vec<Surface>, 
             kind: SurfaceKind::Cherrypy,
             host,
             port,
-            tls,
+            tls: tls.clone(),
             tls_chain: str_of(section, "ssl_chain").map(PathBuf::from),
             max_body: body_limit(section).map_err(|e| format!("rest_cherrypy: {e}"))?,
             connections: connection_limits(section).map_err(|e| format!("rest_cherrypy: {e}"))?,
@@ -415,6 +462,10 @@ pub fn surfaces(config: &MasterConfig, cli: &Overrides) -> Result<Vec<Surface>, 
                 static_path: url_path(section, "static_path", "/static"),
                 app: str_of(section, "app").map(PathBuf::from),
                 app_path: url_path(section, "app_path", "/app"),
+                cors_origins: list_of(section, "cors_origins"),
+                tls: tls.is_some(),
+                event_visibility: event_visibility(section)
+                    .map_err(|e| format!("rest_cherrypy: {e}"))?,
             },
         });
     }

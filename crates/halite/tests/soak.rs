@@ -1,7 +1,10 @@
 //! Soak: an SSE client (`/events`) and a websocket client (`/ws`) stay
 //! connected to one halite while 10,000 events flow through it. Both must
 //! receive every event of the test's own tag prefix, in order, and halite's
-//! resident memory must not grow without bound.
+//! resident memory must not grow without bound. Meanwhile one `/events` and
+//! one `/ws` client connect and never read: halite must drop them (their
+//! budget of unsent events full, or a send pending, for its send timeout)
+//! rather than hold events for them.
 //!
 //! The events are fired straight into the lab master's event bus through its
 //! pull socket, over one kept-open connection as Salt's own `fire_event`
@@ -217,6 +220,31 @@ async fn ws_client(url: String, prefix: String, seen: Arc<Seen>) -> JoinHandle<(
     })
 }
 
+/// A client that opens `request` (an HTTP/1.1 request head) with a tiny
+/// receive buffer and never reads what comes back.
+async fn stalled_client(port: u16, request: String) -> tokio::net::TcpStream {
+    let sock = tokio::net::TcpSocket::new_v4().expect("socket");
+    sock.set_recv_buffer_size(4096).expect("SO_RCVBUF");
+    let mut stream = sock
+        .connect(([127, 0, 0, 1], port).into())
+        .await
+        .expect("connect");
+    stream
+        .write_all(request.as_bytes())
+        .await
+        .expect("send the request");
+    stream
+}
+
+/// A websocket frame from a client: masked text.
+fn client_text_frame(text: &str) -> Vec<u8> {
+    let mask = [1u8, 2, 3, 4];
+    let mut f = vec![0x81, 0x80 | text.len() as u8];
+    f.extend_from_slice(&mask);
+    f.extend(text.bytes().enumerate().map(|(i, b)| b ^ mask[i % 4]));
+    f
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn soak_events_and_ws_10k() {
     let lab = lab_config();
@@ -247,6 +275,26 @@ async fn soak_events_and_ws_10k() {
         ws_seen.clone(),
     )
     .await;
+
+    let _stalled_sse = stalled_client(
+        halite.port,
+        format!("GET /events?token={token} HTTP/1.1\r\nHost: x\r\n\r\n"),
+    )
+    .await;
+    let mut stalled_ws = stalled_client(
+        halite.port,
+        format!(
+            "GET /ws/{token} HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+             Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n"
+        ),
+    )
+    .await;
+    // The upgrade answer fits the tiny buffer; after "ready" it never reads.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    stalled_ws
+        .write_all(&client_text_frame("websocket client ready"))
+        .await
+        .expect("ready message");
 
     // Warm up (the bus's framing probe, allocator arenas) before measuring.
     let mut pusher = Pusher::connect(&master, &bus).await;
@@ -330,6 +378,51 @@ async fn soak_events_and_ws_10k() {
         .lines()
         .filter(|l| l.contains("fell behind"))
         .count();
+    // The kernel's socket buffers and the connection's own buffer hold a few
+    // MiB of the soak's small events; a burst of large ones overflows them
+    // and the client's budget. The stalled clients are then dropped within
+    // halite's send timeout (10 s), and memory stays flat.
+    let burst = format!("halite/soak-burst/{}", uuid::Uuid::new_v4().simple());
+    for i in 0..200 {
+        pusher
+            .fire(&burst, &json!({"i": i, "pad": "y".repeat(64 << 10)}))
+            .await;
+    }
+    let drop_deadline = Instant::now() + Duration::from_secs(30);
+    let dropped = |what: &str| {
+        halite
+            .log_text()
+            .lines()
+            .any(|l| l.contains(what) && l.contains("stopped reading"))
+    };
+    while !(dropped("/events") && dropped("/ws")) && Instant::now() < drop_deadline {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    assert!(
+        dropped("/events"),
+        "the stalled /events client was not dropped"
+    );
+    assert!(dropped("/ws"), "the stalled /ws client was not dropped");
+    // Until they were dropped, the stalled clients held the burst (the bus
+    // queue keeps an event until its last reader passes it). Dropped, they
+    // hold nothing: a second burst reuses that memory instead of adding to it.
+    let rss_dropped = halite.rss_kib();
+    for i in 0..200 {
+        pusher
+            .fire(&burst, &json!({"i": i, "pad": "z".repeat(64 << 10)}))
+            .await;
+    }
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let rss_second = halite.rss_kib();
+    eprintln!(
+        "soak: after a 12.5 MiB burst and the drop of the stalled clients, VmRSS {rss_dropped} KiB; \
+         after a second burst {rss_second} KiB"
+    );
+    assert!(
+        rss_second.saturating_sub(rss_dropped) < RSS_GROWTH_LIMIT_KIB / 2,
+        "halite's RSS grew by {} KiB over a second burst after the stalled clients were dropped",
+        rss_second.saturating_sub(rss_dropped)
+    );
 
     assert!(
         joined.is_ok(),

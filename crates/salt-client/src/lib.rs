@@ -19,6 +19,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod acl;
 pub mod auth;
 pub mod clients;
 pub mod config;
@@ -29,5 +30,6 @@ pub mod redact;
 pub mod targeting;
 pub mod transport;
 pub mod value;
+pub mod yaml;
 
 pub use error::{ErrorKind, SaltError};

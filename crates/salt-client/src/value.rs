@@ -15,20 +15,37 @@ pub const EXT_DATETIME: i8 = 78;
 /// Salt's msgpack extension type for `salt.utils.odict._Constant` (`[name, value]`).
 pub const EXT_CONSTANT: i8 = 79;
 
+/// Containers nested deeper than this are refused when decoding (and cut
+/// off when converting to JSON): the master and the bus are untrusted input,
+/// and every consumer of a value (conversion, rendering, dropping) recurses.
+/// The same depth serde_json and the YAML reader allow.
+pub const MAX_DEPTH: usize = 128;
+
+/// rmpv charges a container two units of depth (the value and its items)
+/// and a string or ext one more.
+fn decoder_depth(levels: usize) -> usize {
+    2 * levels + 2
+}
+
 /// Decode one complete msgpack item from `bytes`.
 ///
-/// Errors when the bytes are truncated or not msgpack; trailing bytes are
-/// ignored (callers that stream use [`decode_prefix`]).
+/// Errors when the bytes are truncated, not msgpack, or nested deeper than
+/// [`MAX_DEPTH`]; trailing bytes are ignored (callers that stream use
+/// [`decode_prefix`]).
 pub fn decode(bytes: &[u8]) -> Result<Mp, rmpv::decode::Error> {
+    decode_within(bytes, MAX_DEPTH)
+}
+
+fn decode_within(bytes: &[u8], levels: usize) -> Result<Mp, rmpv::decode::Error> {
     let mut cursor = bytes;
-    rmpv::decode::read_value(&mut cursor)
+    rmpv::decode::read_value_with_max_depth(&mut cursor, decoder_depth(levels))
 }
 
 /// Decode one msgpack item from the start of `bytes`, returning it with the
 /// number of bytes it used, or `Ok(None)` when more bytes are needed.
 pub fn decode_prefix(bytes: &[u8]) -> Result<Option<(Mp, usize)>, rmpv::decode::Error> {
     let mut cursor = bytes;
-    match rmpv::decode::read_value(&mut cursor) {
+    match rmpv::decode::read_value_with_max_depth(&mut cursor, decoder_depth(MAX_DEPTH)) {
         Ok(v) => Ok(Some((v, bytes.len() - cursor.len()))),
         Err(e) if is_eof(&e) => Ok(None),
         Err(e) => Err(e),
@@ -62,7 +79,16 @@ pub fn encode(value: &Mp) -> Vec<u8> {
 ///   text, as `json.dumps` does (`1` → `"1"`, `True` → `"true"`, `None` → `"null"`).
 /// * integers keep their full 64-bit range; NaN and infinities become `null`.
 /// * ext 78 (datetime) becomes its ISO text; ext 79 (constant) its value.
+/// * anything nested deeper than [`MAX_DEPTH`] (possible only through ext
+///   79 payloads, which hold msgpack of their own) becomes `null`.
 pub fn to_json(value: &Mp) -> Json {
+    to_json_within(value, MAX_DEPTH)
+}
+
+fn to_json_within(value: &Mp, levels: usize) -> Json {
+    let Some(inner) = levels.checked_sub(1) else {
+        return Json::Null;
+    };
     match value {
         Mp::Nil => Json::Null,
         Mp::Boolean(b) => Json::Bool(*b),
@@ -82,15 +108,15 @@ pub fn to_json(value: &Mp) -> Json {
             None => String::from_utf8_lossy(s.as_bytes()).into_owned(),
         }),
         Mp::Binary(b) => Json::String(String::from_utf8_lossy(b).into_owned()),
-        Mp::Array(items) => Json::Array(items.iter().map(to_json).collect()),
+        Mp::Array(items) => Json::Array(items.iter().map(|v| to_json_within(v, inner)).collect()),
         Mp::Map(pairs) => {
             let mut map = Map::with_capacity(pairs.len());
             for (k, v) in pairs {
-                map.insert(key_text(k), to_json(v));
+                map.insert(key_text(k, inner), to_json_within(v, inner));
             }
             Json::Object(map)
         }
-        Mp::Ext(code, data) => ext_to_json(*code, data),
+        Mp::Ext(code, data) => ext_to_json(*code, data, inner),
     }
 }
 
@@ -98,7 +124,7 @@ fn float(f: f64) -> Json {
     Number::from_f64(f).map(Json::Number).unwrap_or(Json::Null)
 }
 
-fn ext_to_json(code: i8, data: &[u8]) -> Json {
+fn ext_to_json(code: i8, data: &[u8], levels: usize) -> Json {
     match code {
         EXT_DATETIME => {
             let text = String::from_utf8_lossy(data);
@@ -118,9 +144,9 @@ fn ext_to_json(code: i8, data: &[u8]) -> Json {
                 Json::String(text.into_owned())
             }
         }
-        EXT_CONSTANT => match decode(data) {
-            Ok(Mp::Array(parts)) if parts.len() == 2 => to_json(&parts[1]),
-            Ok(other) => to_json(&other),
+        EXT_CONSTANT => match decode_within(data, levels) {
+            Ok(Mp::Array(parts)) if parts.len() == 2 => to_json_within(&parts[1], levels),
+            Ok(other) => to_json_within(&other, levels),
             Err(_) => Json::Null,
         },
         _ => Json::String(String::from_utf8_lossy(data).into_owned()),
@@ -128,7 +154,7 @@ fn ext_to_json(code: i8, data: &[u8]) -> Json {
 }
 
 /// The JSON object key Python's `json.dumps` writes for a dict key.
-fn key_text(key: &Mp) -> String {
+fn key_text(key: &Mp, levels: usize) -> String {
     match key {
         Mp::String(s) => match s.as_str() {
             Some(s) => s.to_owned(),
@@ -140,7 +166,7 @@ fn key_text(key: &Mp) -> String {
         Mp::Integer(i) => i.to_string(),
         Mp::F32(f) => f.to_string(),
         Mp::F64(f) => f.to_string(),
-        other => to_json(other).to_string(),
+        other => to_json_within(other, levels).to_string(),
     }
 }
 
@@ -242,6 +268,36 @@ mod tests {
         let (v, used) = decode_prefix(&full).expect("no error").expect("complete");
         assert_eq!(used, full.len());
         assert_eq!(to_json(&v), json!({"tag": "x", "data": [1, 2, 3]}));
+    }
+
+    fn nested_arrays(levels: usize) -> Vec<u8> {
+        let mut bytes = vec![0x91; levels];
+        bytes.push(0x01);
+        bytes
+    }
+
+    #[test]
+    fn nesting_is_capped() {
+        assert!(decode(&nested_arrays(MAX_DEPTH)).is_ok());
+        assert!(decode(&nested_arrays(MAX_DEPTH + 1)).is_err());
+        assert!(decode(&nested_arrays(100_000)).is_err());
+        assert!(decode_prefix(&nested_arrays(100_000)).is_err());
+    }
+
+    #[test]
+    fn nested_constant_exts_cannot_recurse_without_bound() {
+        // ext 79 whose payload is ext 79 whose payload is ..., 100,000 deep:
+        // each layer is decoded on its own, so the depth must be carried.
+        let layers: u32 = 100_000;
+        let mut payload = Vec::new();
+        for i in 0..layers {
+            payload.push(0xc9);
+            payload.extend_from_slice(&(6 * (layers - 1 - i) + 1).to_be_bytes());
+            payload.push(EXT_CONSTANT as u8);
+        }
+        payload.push(0x01);
+        let v = decode(&payload).expect("one ext value");
+        assert_eq!(to_json(&v), Json::Null);
     }
 
     #[test]

@@ -150,8 +150,16 @@ pub fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Parsed, ApiError> 
     let data = match ct.as_str() {
         "application/json" => serde_json::from_slice::<Json>(body)
             .map_err(|_| ApiError::bad_request("Invalid JSON document"))?,
-        "application/x-yaml" | "text/yaml" => serde_norway::from_str::<Json>(&raw)
-            .map_err(|_| ApiError::bad_request("Invalid YAML document"))?,
+        "application/x-yaml" | "text/yaml" => {
+            salt_client::yaml::from_str(&raw).map_err(|e| match e {
+                salt_client::yaml::YamlError::TooLarge => {
+                    ApiError::bad_request("YAML document expands beyond its size limit")
+                }
+                salt_client::yaml::YamlError::Invalid => {
+                    ApiError::bad_request("Invalid YAML document")
+                }
+            })?
+        }
         "text/plain" => {
             serde_json::from_str::<Json>(&raw).unwrap_or_else(|_| Json::String(raw.clone()))
         }

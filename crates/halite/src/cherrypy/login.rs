@@ -2,7 +2,7 @@
 //!
 //! `/login` mints a token with the master's `mk_token` and returns the
 //! master's token itself (Python salt-api returns a CherryPy session id that
-//! no other server understands; see compat-notes). The same fields as
+//! no other server understands; see docs/COMPATIBILITY.md). The same fields as
 //! salt-api: `token`, `start`, `expire`, `user`, `eauth`, `perms`.
 
 use std::net::SocketAddr;
@@ -18,6 +18,7 @@ use super::format::{self, Format};
 use super::lowdata::{exec, parse};
 use super::{session, CpState};
 use crate::error::ApiError;
+use crate::throttle::{self, Throttle};
 
 /// `GET /login`: how to log in. `status` is `null` as in salt-api (it
 /// reports CherryPy's not-yet-set response status).
@@ -58,12 +59,18 @@ pub async fn login_post(
         let creds = creds_of(parsed.data)?;
         let field = |k: &str| creds.get(k).and_then(Json::as_str).unwrap_or("").to_owned();
         let (eauth, username, password) = (field("eauth"), field("username"), field("password"));
-        if let Some(wait) = state.throttle.retry_after(&username, Some(peer.ip())) {
-            return Err(ApiError::new(
-                StatusCode::TOO_MANY_REQUESTS,
-                format!("Too many failed logins; try again in {wait} s"),
+        // salt-api hands the credentials to the master, whose eauth call
+        // fails without a username or a password: 401, never a token for
+        // a user nobody named (the `auto` backend would accept "").
+        let given = |k: &str| matches!(creds.get(k), Some(Json::String(_)));
+        if !given("username") || !given("password") {
+            return Err(ApiError::unauthorized(
+                "Could not authenticate using provided credentials",
             ));
         }
+        let attempt = Throttle::global()
+            .begin(&username, Some(peer.ip()))
+            .map_err(|t| ApiError::new(StatusCode::TOO_MANY_REQUESTS, throttle::message(t)))?;
         let mut extra = Map::new();
         if let Some(v) = creds.get("token_expire") {
             extra.insert("token_expire".into(), v.clone());
@@ -71,15 +78,15 @@ pub async fn login_post(
         let token = match auth::mk_token(&master, &eauth, &username, &password, &extra).await? {
             Some(t) => t,
             None => {
-                state.throttle.failed(&username, Some(peer.ip()));
-                tracing::info!(user = %username, eauth = %eauth, peer = %peer.ip(), "login failed");
+                attempt.failed();
+                tracing::info!(user = %crate::logsafe::bounded(&username), eauth = %crate::logsafe::bounded(&eauth), peer = %peer.ip(), "login failed");
                 return Err(ApiError::unauthorized(
                     "Could not authenticate using provided credentials",
                 ));
             }
         };
-        state.throttle.succeeded(&username);
-        let perms = auth::permissions(&master.config().external_auth(), &token);
+        attempt.succeeded();
+        let perms = auth::permissions(master.config().external_auth(), &token);
         let value = |k: &str| token.get(k).cloned().unwrap_or(Json::Null);
         let t = value("token").as_str().unwrap_or_default().to_owned();
         let expire = value("expire");
@@ -100,12 +107,7 @@ pub async fn login_post(
             if let Ok(v) = HeaderValue::from_str(&token) {
                 h.insert("x-auth-token", v);
             }
-            let expires = chrono::DateTime::from_timestamp(expire as i64, 0)
-                .map(|d| d.format("%a, %d %b %Y %H:%M:%S GMT").to_string())
-                .unwrap_or_default();
-            if let Ok(v) =
-                HeaderValue::from_str(&format!("session_id={token}; expires={expires}; Path=/"))
-            {
+            if let Some(v) = session::session_cookie(&token, expire, state.opts.tls) {
                 h.insert(header::SET_COOKIE, v);
             }
             resp
@@ -116,6 +118,7 @@ pub async fn login_post(
 
 /// `POST /logout`: revoke the token on the master and expire the cookie.
 pub async fn logout(State(state): State<CpState>, fmt: Format, headers: HeaderMap) -> Response {
+    let secure = state.opts.tls;
     let master = state.app.netapi.master().clone();
     let r = async {
         let token = session::require_token(&headers)?;
@@ -130,12 +133,9 @@ pub async fn logout(State(state): State<CpState>, fmt: Format, headers: HeaderMa
     match r.await {
         Ok(v) => {
             let mut resp = fmt.ok(&v);
-            resp.headers_mut().insert(
-                header::SET_COOKIE,
-                HeaderValue::from_static(
-                    "session_id=; expires=Thu, 01 Jan 1970 00:00:00 GMT; Path=/",
-                ),
-            );
+            if let Some(v) = session::session_cookie("", 0.0, secure) {
+                resp.headers_mut().insert(header::SET_COOKIE, v);
+            }
             resp
         }
         Err(e) => fmt.error(e),
@@ -143,7 +143,7 @@ pub async fn logout(State(state): State<CpState>, fmt: Format, headers: HeaderMa
 }
 
 /// Remove a token from the master's token store. There is no clear command
-/// for it (salt-protocol §3.5.4): salt-api deletes it in-process from the
+/// for it (docs/PROTOCOL.md §3.5.4): salt-api deletes it in-process from the
 /// store on disk, and so does halite (it runs on the master host as the
 /// master user), then checks with `get_token`; the `auth.del_token` runner
 /// is the fallback for a store halite cannot reach (works on 3006/3007).
@@ -155,7 +155,7 @@ async fn revoke(state: &CpState, token: &str) -> bool {
     let dir = master.config().token_dir();
     for path in [dir.join(token), dir.join(format!("{token}.p"))] {
         match tokio::fs::remove_file(&path).await {
-            Ok(()) => tracing::debug!(path = %path.display(), "token removed"),
+            Ok(()) => tracing::debug!("token file removed"),
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
             Err(e) => tracing::warn!(error = %e, "cannot remove a token file"),
         }

@@ -34,7 +34,6 @@ pub use format::Format;
 pub struct CpState {
     pub app: AppState,
     pub opts: Arc<CherrypyOptions>,
-    pub throttle: Arc<session::LoginThrottle>,
 }
 
 /// The router of the rest_cherrypy surface.
@@ -43,7 +42,6 @@ pub fn router(app: AppState, opts: CherrypyOptions) -> Router {
     let state = CpState {
         app: app.clone(),
         opts: opts.clone(),
-        throttle: Arc::new(session::LoginThrottle::default()),
     };
     let mut r = Router::new()
         .route("/", get(lowdata::index).post(lowdata::index_post))
@@ -101,8 +99,11 @@ pub fn router(app: AppState, opts: CherrypyOptions) -> Router {
         .fallback(not_found)
         .with_state(state.clone())
         .merge(crate::health::routes().with_state(app))
+        .layer(middleware::from_fn(private_cache))
         .layer(middleware::from_fn_with_state(state.clone(), html_override))
-        .layer(middleware::from_fn(cors))
+        .layer(middleware::from_fn(cookie_needs_proof))
+        .layer(middleware::from_fn_with_state(state.clone(), cors))
+        .layer(middleware::from_fn(crate::throttle::remember_peer))
         .layer(tower_http::compression::CompressionLayer::new().gzip(true));
     if opts.root_prefix.is_empty() {
         r
@@ -160,13 +161,48 @@ async fn stats(
     }))
 }
 
-/// CORS as rest_cherrypy's `cors_tool` sends it; preflights answered here.
-async fn cors(req: Request, next: Next) -> Response {
+/// `Cache-Control: private` on every reply to a request that carried a
+/// session (token header, `session_id` cookie or `?token=`) and on every
+/// reply that sets the session cookie, as CherryPy's session tool marks
+/// them: a shared cache in front of halite must not hand one user's answer
+/// to another. A reply that chose its own `Cache-Control` keeps it.
+async fn private_cache(req: Request, next: Next) -> Response {
+    let query_token = req.uri().query().is_some_and(|q| {
+        q.split('&')
+            .any(|kv| kv.starts_with("token=") || kv.starts_with("salt_token="))
+    });
+    let with_session = query_token || session::request_token(req.headers()).is_some();
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    if (with_session || h.contains_key(header::SET_COOKIE))
+        && !h.contains_key(header::CACHE_CONTROL)
+    {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+    }
+    resp
+}
+
+/// Whether `origin` may make credentialed cross-origin requests: only
+/// origins listed in `cors_origins` (`*` lists every origin).
+fn origin_allowed(opts: &CherrypyOptions, origin: &HeaderValue) -> bool {
+    let Ok(origin) = origin.to_str() else {
+        return false;
+    };
+    opts.cors_origins
+        .iter()
+        .any(|o| o == "*" || o.trim_end_matches('/').eq_ignore_ascii_case(origin))
+}
+
+/// CORS in rest_cherrypy's `cors_tool` shape, for the configured origins
+/// only: rest_cherrypy reflects any `Origin` with credentials allowed, which
+/// lets every web page drive the API with a logged-in user's cookie.
+/// Preflights are answered here.
+async fn cors(State(state): State<CpState>, req: Request, next: Next) -> Response {
     let origin = req
         .headers()
         .get(header::ORIGIN)
-        .cloned()
-        .unwrap_or(HeaderValue::from_static("*"));
+        .filter(|o| origin_allowed(&state.opts, o))
+        .cloned();
     let preflight = req.method() == Method::OPTIONS;
     let wanted = req
         .headers()
@@ -175,7 +211,7 @@ async fn cors(req: Request, next: Next) -> Response {
         .map(str::to_owned);
     let mut resp = if preflight {
         let mut r = StatusCode::OK.into_response();
-        if matches!(wanted.as_deref(), Some("GET" | "POST")) {
+        if origin.is_some() && matches!(wanted.as_deref(), Some("GET" | "POST")) {
             let h = r.headers_mut();
             h.insert(
                 header::ACCESS_CONTROL_ALLOW_METHODS,
@@ -195,16 +231,54 @@ async fn cors(req: Request, next: Next) -> Response {
         next.run(req).await
     };
     let h = resp.headers_mut();
-    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
-    h.insert(
-        header::ACCESS_CONTROL_EXPOSE_HEADERS,
-        HeaderValue::from_static("GET, POST"),
-    );
-    h.insert(
-        header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
-        HeaderValue::from_static("true"),
-    );
+    h.append(header::VARY, HeaderValue::from_static("Origin"));
+    if let Some(origin) = origin {
+        h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+        h.insert(
+            header::ACCESS_CONTROL_EXPOSE_HEADERS,
+            HeaderValue::from_static("GET, POST"),
+        );
+        h.insert(
+            header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+            HeaderValue::from_static("true"),
+        );
+    }
     resp
+}
+
+/// Content types a page on another site can post without a CORS preflight
+/// (an HTML form or a plain `fetch`).
+fn cross_site_postable(headers: &axum::http::HeaderMap) -> bool {
+    let ct = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    !matches!(
+        ct.as_str(),
+        "application/json" | "application/x-yaml" | "text/yaml"
+    )
+}
+
+/// Cross-site request forgery: a browser sends the `session_id` cookie with
+/// a form another site posts. A state-changing request whose only
+/// credential is that cookie must prove it came from a script allowed to
+/// set headers: a JSON (or YAML) body, or the `X-Auth-Token` header.
+async fn cookie_needs_proof(req: Request, next: Next) -> Response {
+    let h = req.headers();
+    let safe = matches!(*req.method(), Method::GET | Method::HEAD | Method::OPTIONS);
+    let cookie_only = h.get("x-auth-token").is_none() && session::cookie(h, "session_id").is_some();
+    if safe || !cookie_only || req.uri().path() == "/login" || !cross_site_postable(h) {
+        return next.run(req).await;
+    }
+    lenient_format(h).error(crate::error::ApiError::new(
+        StatusCode::FORBIDDEN,
+        "A request authenticated by the session cookie alone needs a JSON body or the X-Auth-Token header",
+    ))
 }
 
 /// With `app` configured, a browser asking for HTML anywhere but under the
