@@ -44,6 +44,7 @@ mod serve;
 pub mod settings;
 mod shutdown;
 mod state;
+mod stream_answer;
 mod throttle;
 mod tls;
 mod wsgi;

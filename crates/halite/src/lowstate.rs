@@ -70,13 +70,6 @@ pub async fn run_chunks(state: &AppState, chunks: Vec<Lowstate>) -> Result<Vec<J
         let client = client_label(&chunk);
         let started = std::time::Instant::now();
         let result = state.netapi.run(chunk).await;
-        let outcome = match &result {
-            Ok(_) => "ok",
-            Err(e) => outcome_label(e.kind()),
-        };
-        state
-            .metrics
-            .observe_call(CallLabels { client, outcome }, started.elapsed());
         if let Some(attempt) = attempt {
             match &result {
                 Err(e) if e.kind() == salt_client::ErrorKind::Authentication => attempt.failed(),
@@ -84,6 +77,13 @@ pub async fn run_chunks(state: &AppState, chunks: Vec<Lowstate>) -> Result<Vec<J
                 Err(_) => drop(attempt),
             }
         }
+        let outcome = match &result {
+            Ok(_) => "ok",
+            Err(e) => outcome_label(e.kind()),
+        };
+        state
+            .metrics
+            .observe_call(CallLabels { client, outcome }, started.elapsed());
         match result? {
             Output::One(v) => out.push(v),
             Output::Many(vs) => out.extend(vs),

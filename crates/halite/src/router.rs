@@ -112,16 +112,15 @@ impl Accounting {
         m.in_flight.inc();
         let _guard = InFlight(m);
         let method = req.method().clone();
-        // Logged with tokens in the query masked.
+        let path = req.uri().path().to_owned();
+        let endpoint = self.endpoint(&path);
+        // Tokens in paths (`/ws/<token>`) and queries are masked in the log.
         let shown = crate::logsafe::uri(req.uri());
-        let endpoint = self.endpoint(req.uri().path());
         let started = std::time::Instant::now();
         let resp = next.run(req).await;
         let elapsed = started.elapsed();
         let status = resp.status();
-        // 429 comes only from the login throttle (`/login`, and lowstates
-        // with inline eauth credentials).
-        if status == StatusCode::TOO_MANY_REQUESTS {
+        if status == StatusCode::TOO_MANY_REQUESTS && endpoint == "/login" {
             m.logins_throttled.inc();
         }
         m.observe_request(

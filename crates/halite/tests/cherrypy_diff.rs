@@ -487,9 +487,14 @@ async fn diff_errors_and_limits() {
     assert_eq!((hs, os), (413, 401));
 }
 
-/// Whether the lab's master is Salt 3008 (`SALT_VERSION_FULL` from `scripts/lab env`).
+/// Whether the lab's master is of this Salt release (`SALT_VERSION_FULL`
+/// from `scripts/lab env`, e.g. `3008.5`).
+fn lab_release(prefix: &str) -> bool {
+    std::env::var("SALT_VERSION_FULL").is_ok_and(|v| v.starts_with(prefix))
+}
+
 fn lab_is_3008() -> bool {
-    std::env::var("SALT_VERSION_FULL").is_ok_and(|v| v.starts_with("3008"))
+    lab_release("3008")
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -512,10 +517,15 @@ async fn diff_login_needs_username_and_password() {
         json!({"client": "runner", "fun": "test.arg", "eauth": "auto", "username": "hal"}),
         json!({"client": "local", "tgt": "*", "fun": "test.ping", "eauth": "auto", "password": "x"}),
     ] {
-        same_error(
-            &format!("/run {low}"),
-            p.post("/run", false, &json!([low])).await,
-        );
+        let (h, o) = p.post("/run", false, &json!([low])).await;
+        if o.0 != 401 && lab_release("3006") {
+            // Deliberate: 3006's master raises on such credentials and its
+            // salt-api answers 500; a login must carry both: 401.
+            assert_eq!(o.0, 500, "3006 salt-api {}", o.1);
+            assert_eq!(h.0, 401, "/run {low}: halite {}", h.1);
+            continue;
+        }
+        same_error(&format!("/run {low}"), (h, o));
     }
 }
 

@@ -359,3 +359,83 @@ async fn logout_and_stats() {
         r.text()
     );
 }
+
+#[tokio::test]
+async fn login_fields_cookie_cache_control_and_hook_remote_addr() {
+    let h = Inproc::start().await;
+    // A login must carry a username and a password.
+    for body in [
+        json!({"eauth": "auto", "username": "saltdev"}),
+        json!({"eauth": "auto", "password": "x"}),
+    ] {
+        let r = h.cp(json_request("/login", &body, None)).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{body}: {}", r.text());
+        assert!(r.header("set-cookie").is_none());
+    }
+    // The session cookie: expires, Max-Age (the token's remaining lifetime), Path.
+    let r = h
+        .cp(json_request(
+            "/login",
+            &json!({"eauth": "auto", "username": "saltdev", "password": "x"}),
+            None,
+        ))
+        .await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let cookie = r.header("set-cookie").expect("Set-Cookie");
+    let v = r.json();
+    let token = v["return"][0]["token"].as_str().expect("token").to_owned();
+    assert!(
+        cookie.starts_with(&format!("session_id={token}; expires=")),
+        "{cookie}"
+    );
+    assert!(cookie.contains("; Path=/"), "{cookie}");
+    assert!(cookie.contains("; HttpOnly; SameSite=Strict"), "{cookie}");
+    let max_age: f64 = cookie
+        .split("Max-Age=")
+        .nth(1)
+        .and_then(|r| r.split(';').next())
+        .and_then(|n| n.parse().ok())
+        .expect("Max-Age");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let left = v["return"][0]["expire"].as_f64().expect("expire") - now;
+    assert!(
+        (left - 5.0..=left + 1.0).contains(&max_age),
+        "{cookie} ({left} s left)"
+    );
+    assert_eq!(r.header("cache-control").as_deref(), Some("private"));
+    // Cache-Control: private with a session (header or cookie), not without.
+    let r = h.cp(get("/stats", Some(&token))).await;
+    assert_eq!(r.header("cache-control").as_deref(), Some("private"));
+    let by_cookie = Request::get("/stats")
+        .header(header::ACCEPT, "application/json")
+        .header(header::COOKIE, format!("session_id={token}"))
+        .body(Body::empty())
+        .unwrap();
+    let r = h.cp(by_cookie).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(r.header("cache-control").as_deref(), Some("private"));
+    assert_eq!(h.cp(get("/", None)).await.header("cache-control"), None);
+    // /hook events carry the caller's address; a sent Remote-Addr is replaced.
+    let mut req = Request::post("/hook/from/peer")
+        .header(header::CONTENT_TYPE, "application/json")
+        .header("X-Auth-Token", &token)
+        .header("Remote-Addr", "10.9.9.9")
+        .body(Body::from("{}"))
+        .unwrap();
+    req.extensions_mut()
+        .insert(ConnectInfo(SocketAddr::from(([192, 0, 2, 7], 40001))));
+    let r = h.cp(req).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+    let event = loop {
+        if let Some(e) = h.fake.events("salt/netapi/hook/from/peer").pop() {
+            break e;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "the hook event");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    };
+    assert_eq!(event.1["headers"]["Remote-Addr"], json!("192.0.2.7"));
+}

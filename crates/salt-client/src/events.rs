@@ -7,14 +7,19 @@
 //! §4.2). The framing is detected from the first byte of each connection.
 //!
 //! Waiters register by jid ([`EventBus::subscribe_jid`]) or take the whole
-//! stream ([`EventBus::subscribe_all`]). Every queue is bounded: an event that
-//! does not fit is dropped for that waiter only and the waiter is told
-//! ([`JidSubscription::lost_events`]), so a slow or vanished waiter never
-//! stalls the bus or grows memory. Dropping a subscription unregisters it.
+//! stream ([`EventBus::subscribe_all`]). Every queue is bounded, and an event
+//! that does not fit is dropped for that waiter only (the waiter is told,
+//! [`JidSubscription::lost_events`]), so a slow or vanished waiter never
+//! stalls the bus. A jid waiter's bound depends on the kind of event: other
+//! events (`new`, progress, ...) may queue up to [`JID_QUEUE`], but returns
+//! (`.../ret/...`) queue up to [`JID_RETURN_BYTES`] of event data, because a
+//! job on 10,000 minions publishes 10,000 returns at once and every one of
+//! them is the answer its waiter is waiting for. Dropping a subscription
+//! unregisters it.
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -30,8 +35,17 @@ use crate::value;
 
 /// Largest event accepted from the bus.
 const MAX_EVENT: usize = 1 << 30;
-/// Per-waiter queue length for jid subscriptions.
-const JID_QUEUE: usize = 4096;
+/// Per-waiter queue length for a jid subscription's events other than
+/// returns (a slow waiter loses those first).
+pub const JID_QUEUE: usize = 4096;
+/// Event data (plus [`RETURN_OVERHEAD`] per event) of returns one jid
+/// waiter may have queued: 30,000 `test.ping` returns are ~5 MiB, 10,000
+/// `grains.items` returns ~60 MiB. Beyond it returns are dropped for that
+/// waiter (a hostile or runaway bus cannot grow memory without bound).
+pub const JID_RETURN_BYTES: usize = 256 << 20;
+/// What one queued return is charged besides its data (tag, `Arc`, queue
+/// slot), so a flood of empty returns is bounded too.
+const RETURN_OVERHEAD: usize = 256;
 /// Queue length of the whole-stream broadcast (SSE, websockets).
 const STREAM_QUEUE: usize = 4096;
 /// Runner and wheel events kept for waiters that learn their jid only from
@@ -61,10 +75,11 @@ impl Event {
 
     /// The event data as JSON (an empty object if it is not decodable).
     pub fn data(&self) -> &Json {
-        self.data.get_or_init(|| match value::decode(&self.raw) {
-            Ok(v) => value::to_json(&v),
-            Err(_) => Json::Object(Default::default()),
-        })
+        self.data
+            .get_or_init(|| match value::decode_to_json(&self.raw) {
+                Ok(v) => v,
+                Err(_) => Json::Object(Default::default()),
+            })
     }
 
     /// The jid this event belongs to, from its tag.
@@ -428,8 +443,72 @@ async fn open(endpoint: &Endpoint) -> std::io::Result<Box<dyn Stream>> {
 
 struct Waiter {
     id: u64,
-    tx: mpsc::Sender<Arc<Event>>,
-    lost: Arc<AtomicBool>,
+    tx: mpsc::UnboundedSender<Arc<Event>>,
+    queue: Arc<QueueUse>,
+}
+
+/// What a jid waiter has queued and not yet received; the bounds are
+/// enforced here because the channel itself is unbounded.
+#[derive(Default)]
+struct QueueUse {
+    others: AtomicUsize,
+    return_bytes: AtomicUsize,
+    lost: AtomicBool,
+    lost_returns: AtomicBool,
+}
+
+impl QueueUse {
+    /// What `event` is charged against the bounds: (others, return bytes).
+    fn cost(event: &Event) -> (usize, usize) {
+        if is_return_tag(&event.tag) {
+            (0, event.raw_len() + event.tag.len() + RETURN_OVERHEAD)
+        } else {
+            (1, 0)
+        }
+    }
+
+    /// Reserve room for `event`; `false` (and the waiter marked as having
+    /// lost an event) when it does not fit.
+    fn admit(&self, event: &Event) -> bool {
+        let (others, bytes) = Self::cost(event);
+        let fits = if bytes > 0 {
+            self.return_bytes
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                    (used + bytes <= JID_RETURN_BYTES).then_some(used + bytes)
+                })
+                .is_ok()
+        } else {
+            self.others
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                    (used + others <= JID_QUEUE).then_some(used + others)
+                })
+                .is_ok()
+        };
+        if !fits {
+            self.lost.store(true, Ordering::Relaxed);
+            if bytes > 0 {
+                self.lost_returns.store(true, Ordering::Relaxed);
+            }
+        }
+        fits
+    }
+
+    /// Give back the room of an event the waiter received.
+    fn release(&self, event: &Event) {
+        let (others, bytes) = Self::cost(event);
+        self.others.fetch_sub(others, Ordering::Relaxed);
+        self.return_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
+/// Whether `tag` is a job, runner or wheel return
+/// (`salt/job/<jid>/ret/<id>`, `salt/run/<jid>/ret`, `salt/wheel/<jid>/ret`).
+fn is_return_tag(tag: &str) -> bool {
+    let mut parts = tag.splitn(5, '/');
+    matches!(
+        (parts.next(), parts.next(), parts.nth(1)),
+        (Some("salt"), Some("job" | "run" | "wheel"), Some("ret"))
+    )
 }
 
 #[derive(Default)]
@@ -554,12 +633,14 @@ impl EventBus {
     /// that creates them. Recent runner/wheel events of that jid that arrived
     /// before registration are delivered first.
     pub fn subscribe_jid(&self, jid: &str) -> JidSubscription {
-        let (tx, rx) = mpsc::channel(JID_QUEUE);
+        let (tx, rx) = mpsc::unbounded_channel();
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let lost = Arc::new(AtomicBool::new(false));
+        let queue = Arc::new(QueueUse::default());
         let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
         for ev in state.recent_by_jid.get(jid).into_iter().flatten() {
-            let _ = tx.try_send(ev.clone());
+            if queue.admit(ev) {
+                let _ = tx.send(ev.clone());
+            }
         }
         state
             .by_jid
@@ -568,14 +649,14 @@ impl EventBus {
             .push(Waiter {
                 id,
                 tx,
-                lost: lost.clone(),
+                queue: queue.clone(),
             });
         drop(state);
         JidSubscription {
             rx,
             id,
             jid: jid.to_owned(),
-            lost,
+            queue,
             shared: self.shared.clone(),
         }
     }
@@ -712,22 +793,30 @@ impl EventBus {
 
 /// The events of one jid, in arrival order. Dropping it unregisters.
 pub struct JidSubscription {
-    rx: mpsc::Receiver<Arc<Event>>,
+    rx: mpsc::UnboundedReceiver<Arc<Event>>,
     id: u64,
     jid: String,
-    lost: Arc<AtomicBool>,
+    queue: Arc<QueueUse>,
     shared: Arc<Shared>,
 }
 
 impl JidSubscription {
     /// The next event, or `None` when the bus handle is gone.
     pub async fn recv(&mut self) -> Option<Arc<Event>> {
-        self.rx.recv().await
+        let ev = self.rx.recv().await?;
+        self.queue.release(&ev);
+        Some(ev)
     }
 
     /// Whether any event for this jid was dropped because the queue was full.
     pub fn lost_events(&self) -> bool {
-        self.lost.load(Ordering::Relaxed)
+        self.queue.lost.load(Ordering::Relaxed)
+    }
+
+    /// Whether any return (`.../ret/...`) for this jid was dropped: only
+    /// when [`JID_RETURN_BYTES`] of returns were waiting unread.
+    pub fn lost_returns(&self) -> bool {
+        self.queue.lost_returns.load(Ordering::Relaxed)
     }
 
     /// The jid.
@@ -755,13 +844,16 @@ fn dispatch(shared: &Shared, event: Event) {
         let cache = event.tag.starts_with("salt/run/") || event.tag.starts_with("salt/wheel/");
         let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
         if let Some(list) = state.by_jid.get_mut(jid) {
-            list.retain(|w| match w.tx.try_send(event.clone()) {
-                Ok(()) => true,
-                Err(mpsc::error::TrySendError::Full(_)) => {
-                    w.lost.store(true, Ordering::Relaxed);
-                    true
+            list.retain(|w| {
+                if w.tx.is_closed() {
+                    return false;
                 }
-                Err(mpsc::error::TrySendError::Closed(_)) => false,
+                if w.queue.admit(&event) {
+                    // A receiver dropped since the check is unregistered by
+                    // its own `Drop`.
+                    let _ = w.tx.send(event.clone());
+                }
+                true
             });
             if list.is_empty() {
                 state.by_jid.remove(jid);
@@ -937,6 +1029,95 @@ mod tests {
         let state = bus.shared.state.lock().expect("lock");
         assert_eq!(state.recent.len(), RECENT_EVENTS);
         assert_eq!(state.recent_by_jid.len(), RECENT_EVENTS);
+    }
+
+    /// Everything queued for `w` right now.
+    async fn drain(w: &mut JidSubscription) -> Vec<Arc<Event>> {
+        let mut out = Vec::new();
+        while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(20), w.recv()).await {
+            out.push(ev);
+        }
+        out
+    }
+
+    #[tokio::test]
+    async fn a_full_waiter_loses_other_events_but_never_a_return() {
+        let bus = EventBus::start_at(
+            Endpoint::Unix("/nonexistent/pub".into()),
+            Endpoint::Unix("/nonexistent/pull".into()),
+        );
+        let jid = "20260101000000000001";
+        let mut w = bus.subscribe_jid(jid);
+        let data = Bytes::from(value::encode(&value::from_json(&json!({"return": true}))));
+        // The waiter does not read: first its queue fills with progress
+        // events, then 10,000 minions return at once, among unrelated events.
+        for i in 0..(JID_QUEUE + 100) {
+            dispatch(
+                &bus.shared,
+                Event::new(format!("salt/job/{jid}/prog/m-{i}/0"), data.clone()),
+            );
+        }
+        for i in 0..10_000 {
+            dispatch(
+                &bus.shared,
+                Event::new(format!("salt/job/{jid}/ret/m-{i}"), data.clone()),
+            );
+            dispatch(
+                &bus.shared,
+                Event::new(format!("minion_start/other-{i}"), data.clone()),
+            );
+        }
+        assert!(
+            w.lost_events(),
+            "the progress events beyond the queue were dropped"
+        );
+        assert!(!w.lost_returns());
+        let got = drain(&mut w).await;
+        let returns = got.iter().filter(|e| is_return_tag(&e.tag)).count();
+        assert_eq!(returns, 10_000, "no return was lost");
+        assert_eq!(got.len() - returns, JID_QUEUE);
+        // Receiving gave the room back: the queue takes events again.
+        dispatch(
+            &bus.shared,
+            Event::new(format!("salt/job/{jid}/prog/late/0"), data.clone()),
+        );
+        assert_eq!(drain(&mut w).await.len(), 1);
+    }
+
+    #[tokio::test]
+    async fn returns_are_bounded_by_bytes() {
+        let bus = EventBus::start_at(
+            Endpoint::Unix("/nonexistent/pub".into()),
+            Endpoint::Unix("/nonexistent/pull".into()),
+        );
+        let jid = "20260101000000000002";
+        let mut w = bus.subscribe_jid(jid);
+        // One shared 1 MiB buffer, charged per event as if each were its own.
+        let big = Bytes::from(vec![0xc3; 1 << 20]);
+        let n = JID_RETURN_BYTES / (1 << 20) + 20;
+        for i in 0..n {
+            dispatch(
+                &bus.shared,
+                Event::new(format!("salt/job/{jid}/ret/m-{i}"), big.clone()),
+            );
+        }
+        assert!(w.lost_events() && w.lost_returns());
+        let got = drain(&mut w).await.len();
+        let each = (1 << 20) + format!("salt/job/{jid}/ret/m-100").len() + RETURN_OVERHEAD;
+        let fits = JID_RETURN_BYTES / each;
+        assert!(got < n, "{got} of {n} queued");
+        assert!(got.abs_diff(fits) <= 1, "{got} queued, {fits} fit");
+    }
+
+    #[test]
+    fn return_tags() {
+        assert!(is_return_tag("salt/job/20261126203708483354/ret/ms-0"));
+        assert!(is_return_tag("salt/run/20261126203708483354/ret"));
+        assert!(is_return_tag("salt/wheel/20261126203708483354/ret"));
+        assert!(!is_return_tag("salt/job/20261126203708483354/new"));
+        assert!(!is_return_tag("salt/job/20261126203708483354/prog/ms-0/0"));
+        assert!(!is_return_tag("salt/auth"));
+        assert!(!is_return_tag("ret"));
     }
 
     #[test]

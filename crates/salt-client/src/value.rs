@@ -120,6 +120,165 @@ fn to_json_within(value: &Mp, levels: usize) -> Json {
     }
 }
 
+/// Decode one msgpack item straight to JSON: the same result as
+/// `to_json(&decode(bytes)?)` without building the intermediate `rmpv`
+/// tree. Used for event data, which the bus decodes for every return a
+/// job waits for.
+pub fn decode_to_json(bytes: &[u8]) -> Result<Json, String> {
+    let mut r = JsonReader { buf: bytes, pos: 0 };
+    r.value(0)
+}
+
+struct JsonReader<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl JsonReader<'_> {
+    fn take(&mut self, n: usize) -> Result<&[u8], String> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|e| *e <= self.buf.len())
+            .ok_or("truncated msgpack")?;
+        let out = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(out)
+    }
+
+    fn uint(&mut self, n: usize) -> Result<u64, String> {
+        Ok(self
+            .take(n)?
+            .iter()
+            .fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
+    }
+
+    fn text(&mut self, n: usize) -> Result<String, String> {
+        Ok(String::from_utf8_lossy(self.take(n)?).into_owned())
+    }
+
+    fn value(&mut self, depth: usize) -> Result<Json, String> {
+        if depth > MAX_DEPTH {
+            return Err("msgpack nested too deeply".into());
+        }
+        let m = self.uint(1)? as u8;
+        Ok(match m {
+            0x00..=0x7f => Json::Number(u64::from(m).into()),
+            0xe0..=0xff => Json::Number(i64::from(m as i8).into()),
+            0xc0 => Json::Null,
+            0xc2 => Json::Bool(false),
+            0xc3 => Json::Bool(true),
+            0xcc => Json::Number(self.uint(1)?.into()),
+            0xcd => Json::Number(self.uint(2)?.into()),
+            0xce => Json::Number(self.uint(4)?.into()),
+            0xcf => Json::Number(self.uint(8)?.into()),
+            0xd0 => Json::Number(i64::from(self.uint(1)? as u8 as i8).into()),
+            0xd1 => Json::Number(i64::from(self.uint(2)? as u16 as i16).into()),
+            0xd2 => Json::Number(i64::from(self.uint(4)? as u32 as i32).into()),
+            0xd3 => Json::Number((self.uint(8)? as i64).into()),
+            0xca => float(f64::from(f32::from_bits(self.uint(4)? as u32))),
+            0xcb => float(f64::from_bits(self.uint(8)?)),
+            0xa0..=0xbf => self.text(usize::from(m & 0x1f)).map(Json::String)?,
+            0xd9 | 0xc4 => {
+                let n = self.uint(1)? as usize;
+                Json::String(self.text(n)?)
+            }
+            0xda | 0xc5 => {
+                let n = self.uint(2)? as usize;
+                Json::String(self.text(n)?)
+            }
+            0xdb | 0xc6 => {
+                let n = self.uint(4)? as usize;
+                Json::String(self.text(n)?)
+            }
+            0x90..=0x9f => self.array(usize::from(m & 0x0f), depth)?,
+            0xdc => {
+                let n = self.uint(2)? as usize;
+                self.array(n, depth)?
+            }
+            0xdd => {
+                let n = self.uint(4)? as usize;
+                self.array(n, depth)?
+            }
+            0x80..=0x8f => self.map(usize::from(m & 0x0f), depth)?,
+            0xde => {
+                let n = self.uint(2)? as usize;
+                self.map(n, depth)?
+            }
+            0xdf => {
+                let n = self.uint(4)? as usize;
+                self.map(n, depth)?
+            }
+            0xd4 => self.ext(1, depth)?,
+            0xd5 => self.ext(2, depth)?,
+            0xd6 => self.ext(4, depth)?,
+            0xd7 => self.ext(8, depth)?,
+            0xd8 => self.ext(16, depth)?,
+            0xc7 => {
+                let n = self.uint(1)? as usize;
+                self.ext(n, depth)?
+            }
+            0xc8 => {
+                let n = self.uint(2)? as usize;
+                self.ext(n, depth)?
+            }
+            0xc9 => {
+                let n = self.uint(4)? as usize;
+                self.ext(n, depth)?
+            }
+            0xc1 => return Err("invalid msgpack marker 0xc1".into()),
+        })
+    }
+
+    fn ext(&mut self, n: usize, depth: usize) -> Result<Json, String> {
+        let code = self.uint(1)? as u8 as i8;
+        // An ext 79 payload is msgpack inside msgpack: it carries the depth.
+        Ok(ext_to_json(
+            code,
+            self.take(n)?,
+            MAX_DEPTH.saturating_sub(depth),
+        ))
+    }
+
+    fn array(&mut self, n: usize, depth: usize) -> Result<Json, String> {
+        // Every item takes at least one byte: never reserve more than remain.
+        let mut items = Vec::with_capacity(n.min(self.buf.len() - self.pos));
+        for _ in 0..n {
+            items.push(self.value(depth + 1)?);
+        }
+        Ok(Json::Array(items))
+    }
+
+    fn map(&mut self, n: usize, depth: usize) -> Result<Json, String> {
+        let mut map = Map::with_capacity(n.min((self.buf.len() - self.pos) / 2));
+        for _ in 0..n {
+            let key = match self.buf.get(self.pos) {
+                Some(0xa0..=0xbf | 0xd9 | 0xda | 0xdb | 0xc4 | 0xc5 | 0xc6) => {
+                    match self.value(depth + 1)? {
+                        Json::String(s) => s,
+                        _ => return Err("undecodable msgpack key".into()),
+                    }
+                }
+                // Rare (integer, boolean, nil, container keys): decode the
+                // key as msgpack and name it as `to_json` does.
+                _ => {
+                    let mut rest = &self.buf[self.pos..];
+                    let before = rest.len();
+                    let levels = MAX_DEPTH.saturating_sub(depth);
+                    let k =
+                        rmpv::decode::read_value_with_max_depth(&mut rest, decoder_depth(levels))
+                            .map_err(|e| e.to_string())?;
+                    self.pos += before - rest.len();
+                    key_text(&k, levels)
+                }
+            };
+            let value = self.value(depth + 1)?;
+            map.insert(key, value);
+        }
+        Ok(Json::Object(map))
+    }
+}
+
 fn float(f: f64) -> Json {
     Number::from_f64(f).map(Json::Number).unwrap_or(Json::Null)
 }
@@ -298,6 +457,87 @@ mod tests {
         payload.push(0x01);
         let v = decode(&payload).expect("one ext value");
         assert_eq!(to_json(&v), Json::Null);
+    }
+
+    /// `decode_to_json` must agree with `to_json(decode())` on everything.
+    #[test]
+    fn direct_decode_matches_the_two_step_decode() {
+        let mut samples: Vec<Vec<u8>> = vec![
+            vec![0xa2, 0x00, 0xff],
+            vec![0xc4, 0x02, 0xc3, 0x28],
+            vec![0x83, 0x01, 0xa1, b'a', 0xc3, 0xa1, b'b', 0xc0, 0xa1, b'c'],
+            vec![0x81, 0x91, 0x01, 0xa1, b'x'],
+            vec![0x81, 0xca, 0x3f, 0xc0, 0x00, 0x00, 0x01],
+            vec![0xcf, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff, 0xff],
+            vec![0xd3, 0x80, 0, 0, 0, 0, 0, 0, 0],
+            vec![0xd0, 0x05],
+            vec![0xd1, 0xff, 0x00],
+            vec![0xe0],
+            vec![0xcb, 0x7f, 0xf8, 0, 0, 0, 0, 0, 1],
+            vec![0xca, 0x7f, 0x80, 0x00, 0x00],
+            vec![0xd4, 0x05, 0x41],
+            vec![0xd6, 0x4f, 0x92, 0xa1, b'k', 0x07],
+        ];
+        let dt = b"20261126T20:37:24.123608";
+        let mut ext = vec![0xc7, dt.len() as u8, EXT_DATETIME as u8];
+        ext.extend_from_slice(dt);
+        samples.push(ext);
+        for j in [
+            json!({"cmd": "_return", "id": "ms-0", "return": {"a": [1, -2, 3.5, "é", null]},
+                "retcode": 0, "success": true, "fun_args": [], "_stamp": "2026"}),
+            json!([{"x": {}}, [], "", 0, u64::MAX, i64::MIN]),
+            json!("y".repeat(70_000)),
+        ] {
+            samples.push(encode(&from_json(&j)));
+        }
+        // Pseudo-random values of every kind (a fixed LCG: reproducible).
+        let mut seed = 0x2545_f491_4f6c_dd1du64;
+        let mut next = move || {
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            seed >> 33
+        };
+        fn gen(next: &mut dyn FnMut() -> u64, depth: u32) -> Mp {
+            match next() % if depth > 3 { 8 } else { 11 } {
+                0 => Mp::Nil,
+                1 => Mp::Boolean(next().is_multiple_of(2)),
+                2 => Mp::from(next() as i64 - (1 << 30)),
+                3 => Mp::from(next() << 31),
+                4 => Mp::F64((next() as f64) / 7.0),
+                5 => Mp::F32((next() as f32) / 3.0),
+                6 => Mp::Binary((0..next() % 6).map(|_| next() as u8).collect()),
+                7 => Mp::from(format!("s{}", next() % 1000)),
+                8 => Mp::Array((0..next() % 4).map(|_| gen(next, depth + 1)).collect()),
+                9 => Mp::Ext(EXT_DATETIME, b"20260101T00:00:00.000001".to_vec()),
+                _ => Mp::Map(
+                    (0..next() % 4)
+                        .map(|_| (gen(next, depth + 1), gen(next, depth + 1)))
+                        .collect(),
+                ),
+            }
+        }
+        for _ in 0..2000 {
+            samples.push(encode(&gen(&mut next, 0)));
+        }
+        for bytes in &samples {
+            let two_step = decode(bytes).map(|v| to_json(&v)).ok();
+            assert_eq!(decode_to_json(bytes).ok(), two_step, "{bytes:02x?}");
+            // Every truncation is an error for both.
+            for cut in [1usize, bytes.len() / 2] {
+                if cut < bytes.len() {
+                    assert!(
+                        decode_to_json(&bytes[..bytes.len() - cut]).is_err()
+                            || decode(&bytes[..bytes.len() - cut]).is_ok()
+                    );
+                }
+            }
+        }
+        // Hostile shapes: absurd lengths and nesting are errors, not allocations.
+        assert!(decode_to_json(&[0xdd, 0xff, 0xff, 0xff, 0xff]).is_err());
+        assert!(decode_to_json(&[0xdf, 0xff, 0xff, 0xff, 0xff]).is_err());
+        assert!(decode_to_json(&vec![0x91; 5000]).is_err());
+        assert!(decode_to_json(&[0xc1]).is_err());
     }
 
     #[test]

@@ -14,14 +14,14 @@ use bench::{Check, Stats};
 use bytes::Bytes;
 use clap::Parser;
 use http_body_util::{BodyExt, Full};
-use hyper::client::conn::http1;
+use hyper::client::conn::{http1, http2};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
 use tokio::net::TcpStream;
 
 #[derive(Debug, Parser)]
-#[command(about = "HTTP/1.1 load generator with response-body checks")]
+#[command(about = "HTTP/1.1 and h2c load generator with response-body checks")]
 struct Args {
     /// Target URL (http://127.0.0.1:PORT/PATH); only loopback is allowed.
     #[arg(long)]
@@ -50,6 +50,10 @@ struct Args {
     /// Label copied into the report.
     #[arg(long, default_value = "")]
     label: String,
+    /// Speak HTTP/2 without TLS (h2c, prior knowledge) on this many
+    /// connections, the concurrent requests spread over them as streams.
+    #[arg(long)]
+    h2_connections: Option<usize>,
 }
 
 struct Target {
@@ -95,6 +99,7 @@ struct Shared {
     max_in_flight: AtomicU64,
     connections: AtomicU64,
     statuses: std::sync::Mutex<std::collections::BTreeMap<u16, u64>>,
+    http2: bool,
 }
 
 impl Shared {
@@ -115,7 +120,38 @@ impl Shared {
     }
 }
 
-type Sender = http1::SendRequest<Full<Bytes>>;
+/// A connection to send on: HTTP/1.1 (one request at a time) or an
+/// HTTP/2 connection shared by many workers (one stream each).
+enum Sender {
+    H1(http1::SendRequest<Full<Bytes>>),
+    H2(http2::SendRequest<Full<Bytes>>),
+}
+
+impl Sender {
+    fn is_closed(&self) -> bool {
+        match self {
+            Sender::H1(s) => s.is_closed(),
+            Sender::H2(s) => s.is_closed(),
+        }
+    }
+
+    async fn ready(&mut self) -> Result<(), hyper::Error> {
+        match self {
+            Sender::H1(s) => s.ready().await,
+            Sender::H2(s) => s.ready().await,
+        }
+    }
+
+    async fn send(
+        &mut self,
+        req: Request<Full<Bytes>>,
+    ) -> Result<hyper::Response<hyper::body::Incoming>, hyper::Error> {
+        match self {
+            Sender::H1(s) => s.send_request(req).await,
+            Sender::H2(s) => s.send_request(req).await,
+        }
+    }
+}
 
 async fn connect(shared: &Shared) -> Result<Sender, String> {
     let mut last = String::new();
@@ -123,10 +159,18 @@ async fn connect(shared: &Shared) -> Result<Sender, String> {
         match TcpStream::connect(&shared.target.addr).await {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
-                let (sender, conn) = http1::handshake(TokioIo::new(stream))
-                    .await
-                    .map_err(|e| e.to_string())?;
-                tokio::spawn(conn);
+                let io = TokioIo::new(stream);
+                let sender = if shared.http2 {
+                    let (sender, conn) = http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+                        .await
+                        .map_err(|e| e.to_string())?;
+                    tokio::spawn(conn);
+                    Sender::H2(sender)
+                } else {
+                    let (sender, conn) = http1::handshake(io).await.map_err(|e| e.to_string())?;
+                    tokio::spawn(conn);
+                    Sender::H1(sender)
+                };
                 shared.connections.fetch_add(1, Ordering::Relaxed);
                 return Ok(sender);
             }
@@ -155,7 +199,7 @@ async fn one(shared: &Shared, sender: &mut Sender) -> Result<(u16, Bytes), Strin
         None => b.method("GET").body(Full::new(Bytes::new())),
     }
     .map_err(|e| e.to_string())?;
-    let resp = sender.send_request(req).await.map_err(|e| e.to_string())?;
+    let resp = sender.send(req).await.map_err(|e| e.to_string())?;
     let status = resp.status().as_u16();
     let body = resp
         .into_body()
@@ -166,9 +210,9 @@ async fn one(shared: &Shared, sender: &mut Sender) -> Result<(u16, Bytes), Strin
     Ok((status, body))
 }
 
-async fn worker(shared: Arc<Shared>) -> Stats {
+async fn worker(shared: Arc<Shared>, first: Option<Sender>) -> Stats {
     let mut stats = Stats::default();
-    let mut sender: Option<Sender> = None;
+    let mut sender: Option<Sender> = first;
     while shared.claim() {
         if sender.as_ref().is_none_or(|s| s.is_closed()) {
             match connect(&shared).await {
@@ -288,12 +332,23 @@ fn main() -> std::process::ExitCode {
         max_in_flight: AtomicU64::new(0),
         connections: AtomicU64::new(0),
         statuses: Default::default(),
+        http2: args.h2_connections.is_some(),
     });
     let started = Instant::now();
     let stats = runtime.block_on(async {
+        // HTTP/2: a fixed set of connections, each worker one stream on one.
+        let mut pool = Vec::new();
+        for _ in 0..args.h2_connections.unwrap_or(0) {
+            match connect(&shared).await {
+                Ok(Sender::H2(s)) => pool.push(s),
+                Ok(Sender::H1(_)) => {}
+                Err(e) => eprintln!("http-load: {e}"),
+            }
+        }
         let mut set = tokio::task::JoinSet::new();
-        for _ in 0..args.concurrency.max(1) {
-            set.spawn(worker(shared.clone()));
+        for i in 0..args.concurrency.max(1) {
+            let first = (!pool.is_empty()).then(|| Sender::H2(pool[i % pool.len()].clone()));
+            set.spawn(worker(shared.clone(), first));
         }
         let mut total = Stats::default();
         while let Some(r) = set.join_next().await {
@@ -320,6 +375,7 @@ fn main() -> std::process::ExitCode {
             "concurrency": args.concurrency,
             "check": format!("{:?}", args.check),
             "connections": shared.connections.load(Ordering::Relaxed),
+            "http": if shared.http2 { "2 (h2c)" } else { "1.1" },
             "max_in_flight": shared.max_in_flight.load(Ordering::Relaxed),
             "status": statuses,
         }),

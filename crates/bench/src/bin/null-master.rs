@@ -60,10 +60,22 @@ struct Args {
     /// Worker threads.
     #[arg(long, default_value_t = 1)]
     threads: usize,
+    /// Unrelated events fired between two returns (other jobs' returns,
+    /// minion starts, auth events): a bus that is never quiet.
+    #[arg(long, default_value_t = 0)]
+    noise: usize,
+    /// Fire a sustained stream on the bus for this many seconds after the
+    /// first subscriber connects: 10,000-minion jobs (`new` + returns),
+    /// their progress events and unrelated events, as fast as it can. Jids
+    /// are `20260101999<n:09>`, so a measuring client can wait on them.
+    #[arg(long, default_value_t = 0)]
+    firehose_secs: u64,
 }
 
 struct Sim {
     minions: Vec<String>,
+    minion_set: std::collections::HashSet<String>,
+    noise: usize,
     ret_delay: Duration,
     bus: broadcast::Sender<Bytes>,
     tokens: Mutex<HashMap<String, Json>>,
@@ -241,7 +253,7 @@ impl Sim {
             (_, Some(Mp::Array(list))) => list
                 .iter()
                 .filter_map(Mp::as_str)
-                .filter(|m| self.minions.iter().any(|x| x == m))
+                .filter(|m| self.minion_set.contains(*m))
                 .map(str::to_owned)
                 .collect(),
             _ => self.minions.clone(),
@@ -255,10 +267,13 @@ impl Sim {
             Some(r) => r,
             None => &[0xc3],
         };
-        let frames: Vec<Bytes> = minions
-            .iter()
-            .map(|m| self.ret_frame(&jid, m, &fun, ret))
-            .collect();
+        let mut frames: Vec<Bytes> = Vec::with_capacity(minions.len() * (1 + self.noise));
+        for (i, m) in minions.iter().enumerate() {
+            frames.push(self.ret_frame(&jid, m, &fun, ret));
+            for k in 0..self.noise {
+                frames.push(noise_frame(self, i * self.noise + k));
+            }
+        }
         if self.ret_delay.is_zero() {
             for f in frames {
                 let _ = self.bus.send(f);
@@ -280,6 +295,79 @@ impl Sim {
             ("enc", Mp::from("clear")),
         ])
     }
+}
+
+/// One unrelated event: another job's return, a minion start, an auth
+/// event, in turn.
+fn noise_frame(sim: &Sim, n: usize) -> Bytes {
+    let body = match n % 3 {
+        0 => {
+            return sim.ret_frame(
+                "20260101888000000000",
+                &format!("other-{n}"),
+                "test.ping",
+                &[0xc3],
+            )
+        }
+        1 => salt_client::events::pack_body(
+            &format!("minion_start/other-{n}"),
+            &json!({"cmd": "_minion_event", "data": "Minion other started", "id": format!("other-{n}"), "_stamp": STAMP}),
+        ),
+        _ => salt_client::events::pack_body(
+            "salt/auth",
+            &json!({"act": "accept", "id": format!("other-{n}"), "pub": "-----BEGIN PUBLIC KEY-----", "result": true, "_stamp": STAMP}),
+        ),
+    };
+    Bytes::from(encode_frame(&body, Framing::Bare))
+}
+
+/// The sustained stream of `--firehose-secs`: rounds of a 10,000-minion job
+/// (its `new` event, a progress event and a return per minion, one
+/// unrelated event per return), pre-encoded once and re-sent.
+async fn firehose(sim: Arc<Sim>, secs: u64) {
+    const MINIONS: usize = 10_000;
+    let mut round: Vec<Bytes> = Vec::with_capacity(3 * MINIONS + 1);
+    let jid = "20260101999000000000";
+    round.push(Bytes::from(encode_frame(
+        &salt_client::events::pack_body(
+            &format!("salt/job/{jid}/new"),
+            &json!({"jid": jid, "tgt": "*", "tgt_type": "glob", "fun": "test.ping", "arg": [],
+                "minions": [], "missing": [], "user": "saltdev", "_stamp": STAMP}),
+        ),
+        Framing::Bare,
+    )));
+    for i in 0..MINIONS {
+        let m = format!("sim-{i}");
+        round.push(Bytes::from(encode_frame(
+            &salt_client::events::pack_body(
+                &format!("salt/job/{jid}/prog/{m}/0"),
+                &json!({"cmd": "_minion_event", "data": {"ret": {"name": "x", "result": true}},
+                    "id": m, "_stamp": STAMP}),
+            ),
+            Framing::Bare,
+        )));
+        round.push(sim.ret_frame(jid, &m, "test.ping", &[0xc3]));
+        round.push(noise_frame(&sim, i));
+    }
+    let end = tokio::time::Instant::now() + Duration::from_secs(secs);
+    let mut sent = 0u64;
+    while tokio::time::Instant::now() < end && sim.bus.receiver_count() > 0 {
+        for f in &round {
+            // Wait for the subscribers rather than lapping them, and let
+            // the writers run (a single worker thread is the default).
+            while sim.bus.len() > (1 << 16) {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+            if sim.bus.send(f.clone()).is_err() {
+                break;
+            }
+            sent += 1;
+            if sent.is_multiple_of(1024) {
+                tokio::task::yield_now().await;
+            }
+        }
+    }
+    eprintln!("null-master: firehose done, {sent} events sent");
 }
 
 fn auth_error(name: &str) -> Mp {
@@ -354,8 +442,7 @@ async fn serve_zmtp(mut stream: TcpStream, sim: Arc<Sim>) -> Result<(), String> 
 }
 
 /// One subscriber of the publish side: stream every event, batching writes.
-async fn serve_sub(mut stream: UnixStream, sim: Arc<Sim>) {
-    let mut rx = sim.bus.subscribe();
+async fn serve_sub(mut stream: UnixStream, sim: Arc<Sim>, mut rx: broadcast::Receiver<Bytes>) {
     let mut out = Vec::with_capacity(64 * 1024);
     loop {
         match rx.recv().await {
@@ -498,6 +585,8 @@ fn main() -> std::process::ExitCode {
     let (bus, _) = broadcast::channel(1 << 17);
     let sim = Arc::new(Sim {
         minions: (0..args.minions).map(|i| format!("sim-{i}")).collect(),
+        minion_set: (0..args.minions).map(|i| format!("sim-{i}")).collect(),
+        noise: args.noise,
         ret_delay: Duration::from_millis(args.ret_delay_ms),
         bus,
         tokens: Mutex::new(HashMap::new()),
@@ -514,6 +603,15 @@ fn main() -> std::process::ExitCode {
             .map_err(|e| format!("cannot bind master_event_pub.ipc: {e}"))?;
         let pull_l = bind_unix(&sock_dir.join("master_event_pull.ipc"))
             .map_err(|e| format!("cannot bind master_event_pull.ipc: {e}"))?;
+        // Salt's LocalClient refuses to publish unless this socket exists
+        // (its check that the master's publisher runs); nothing is read.
+        let publish_pull = bind_unix(&sock_dir.join("publish_pull.ipc"))
+            .map_err(|e| format!("cannot bind publish_pull.ipc: {e}"))?;
+        tokio::spawn(async move {
+            while let Ok((stream, _)) = publish_pull.accept().await {
+                drop(stream);
+            }
+        });
         eprintln!(
             "null-master: ret_port 127.0.0.1:{}, bus {}, {} minions, ret delay {} ms",
             args.port,
@@ -522,9 +620,17 @@ fn main() -> std::process::ExitCode {
             args.ret_delay_ms
         );
         let s = sim.clone();
+        let firehose_secs = args.firehose_secs;
         tokio::spawn(async move {
+            let mut first = true;
             while let Ok((stream, _)) = pub_l.accept().await {
-                tokio::spawn(serve_sub(stream, s.clone()));
+                // Subscribed before the firehose starts, so it has a reader.
+                let rx = s.bus.subscribe();
+                tokio::spawn(serve_sub(stream, s.clone(), rx));
+                if first && firehose_secs > 0 {
+                    tokio::spawn(firehose(s.clone(), firehose_secs));
+                }
+                first = false;
             }
         });
         let s = sim.clone();

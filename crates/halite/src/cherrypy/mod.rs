@@ -7,11 +7,11 @@
 //! `stream.rs` (`/events`, `/ws`), `hook.rs` (`/hook`). Content negotiation
 //! and the error shape live in `format.rs`, tokens in `session.rs`.
 
-mod format;
+pub(crate) mod format;
 mod hook;
 mod login;
 mod lowdata;
-mod session;
+pub(crate) mod session;
 mod stream;
 
 use std::sync::Arc;
@@ -43,9 +43,15 @@ pub fn router(app: AppState, opts: CherrypyOptions) -> Router {
         app: app.clone(),
         opts: opts.clone(),
     };
+    let streamed = middleware::from_fn_with_state(state.clone(), crate::stream_answer::cherrypy);
     let mut r = Router::new()
-        .route("/", get(lowdata::index).post(lowdata::index_post))
-        .route("/run", post(lowdata::run))
+        .route(
+            "/",
+            get(lowdata::index)
+                .post(lowdata::index_post)
+                .route_layer(streamed.clone()),
+        )
+        .route("/run", post(lowdata::run).route_layer(streamed))
         .route("/token", post(login::token))
         .route("/keys", get(lowdata::keys).post(lowdata::keys_post))
         .route("/keys/{mid}", get(lowdata::keys))

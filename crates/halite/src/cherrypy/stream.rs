@@ -125,8 +125,8 @@ async fn feed_sse(
         let frame = tokio::select! {
             () = out.closed() => return,
             () = state.app.shutdown.wait() => {
-                // The last frame: EventSource clients see why the stream
-                // ends (and reconnect after `retry`).
+                // The last event of the stream: EventSource clients see why
+                // it ends (and reconnect after `retry`).
                 if let Ok(permit) = budget.clone().try_acquire_owned() {
                     let _ = out.send((SHUTDOWN_EVENT.to_owned(), permit));
                 }

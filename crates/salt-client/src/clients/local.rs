@@ -11,7 +11,7 @@ use tokio::time::Instant;
 
 use super::{arg_list, kwarg_map, seconds, secs, truthy, Lowstate};
 use crate::error::{Result, SaltError};
-use crate::events::JidSubscription;
+use crate::events::{Event, JidSubscription};
 use crate::master::Master;
 use crate::{targeting, value};
 
@@ -150,26 +150,40 @@ impl LocalJob {
         .await
     }
 
-    /// Publish and wait for every return: `LocalClient.cmd`. The jid is the
-    /// caller's or one halite makes, so the waiter is registered before the
-    /// publish can create any event.
-    pub async fn cmd(&self, master: &Master, jid: Option<String>) -> Result<Json> {
+    /// Publish the job and start gathering its returns; `None` when no
+    /// minion matched the target. The jid is the caller's or one halite
+    /// makes, so the waiter is registered before the publish can create any
+    /// event.
+    pub async fn start(&self, master: &Master, jid: Option<String>) -> Result<Option<Gatherer>> {
         master.wait_ready(Duration::from_secs(5)).await?;
         let jid = jid.unwrap_or_else(|| master.new_jid());
         let sub = master.bus().subscribe_jid(&jid);
         let reply = self.publish(master, &jid).await?;
         if reply.minions.is_empty() && reply.missing.is_empty() {
-            return Ok(Json::Object(Map::new()));
+            return Ok(None);
         }
+        Ok(Some(Gatherer::new(
+            self.clone(),
+            master.clone(),
+            sub,
+            &reply,
+        )))
+    }
+
+    /// Publish and wait for every return: `LocalClient.cmd`.
+    pub async fn cmd(&self, master: &Master, jid: Option<String>) -> Result<Json> {
+        let Some(mut gather) = self.start(master, jid).await? else {
+            return Ok(Json::Object(Map::new()));
+        };
         let mut out = Map::new();
-        let outcome = self
-            .collect(master, sub, &reply, |id, data| {
-                out.insert(id.to_owned(), self.shape(data, &reply.jid));
-            })
-            .await;
+        while let Some((id, ev)) = gather.next().await {
+            out.insert(id, self.shape(ev.data(), gather.jid()));
+        }
+        let jid = gather.jid().to_owned();
+        let outcome = gather.finish();
         for id in outcome.no_return {
             let missing = outcome.missing.contains(&id);
-            out.insert(id, self.no_return_value(master, &reply.jid, missing));
+            out.insert(id, self.no_return_value(master, &jid, missing));
         }
         Ok(Json::Object(out))
     }
@@ -217,171 +231,325 @@ impl LocalJob {
     pub async fn collect(
         &self,
         master: &Master,
-        mut sub: JidSubscription,
+        sub: JidSubscription,
         reply: &PubReply,
         mut on_return: impl FnMut(&str, &Json),
     ) -> Collected {
-        let mut expected: Vec<String> = Vec::new();
-        let mut expected_set: HashSet<String> = HashSet::new();
-        let mut missing: HashSet<String> = reply.missing.iter().cloned().collect();
-        for m in reply.minions.iter().chain(reply.missing.iter()) {
-            if expected_set.insert(m.clone()) {
-                expected.push(m.clone());
+        let mut gather = Gatherer::new(self.clone(), master.clone(), sub, reply);
+        while let Some((id, ev)) = gather.next().await {
+            on_return(&id, ev.data());
+        }
+        gather.finish()
+    }
+}
+
+/// Which minions a job is waiting for, in the order they became known.
+/// Every question the gathering loop asks per event is a hash lookup or a
+/// counter, so a return costs the same with 10 or 30,000 minions.
+#[derive(Debug, Default)]
+struct Expected {
+    order: Vec<String>,
+    known: HashSet<String>,
+    returned: HashSet<String>,
+    missing: HashSet<String>,
+    /// Known, not returned and not missing.
+    pending: usize,
+}
+
+impl Expected {
+    fn expect(&mut self, id: &str) {
+        if self.known.insert(id.to_owned()) {
+            self.order.push(id.to_owned());
+            if !self.returned.contains(id) && !self.missing.contains(id) {
+                self.pending += 1;
             }
         }
-        let mut returned: HashSet<String> = HashSet::new();
-        let mut deadline = Instant::now() + secs(self.timeout);
-        let mut handle = |ev: &crate::events::Event,
-                          expected: &mut Vec<String>,
-                          expected_set: &mut HashSet<String>,
-                          missing: &mut HashSet<String>,
-                          returned: &mut HashSet<String>| {
-            let data = ev.data();
-            if let Some(stamp) = data.get("_stamp").and_then(Json::as_str) {
-                master.bus().note_stamp(stamp);
+    }
+
+    fn mark_missing(&mut self, id: &str) {
+        self.expect(id);
+        if self.missing.insert(id.to_owned()) && !self.returned.contains(id) {
+            self.pending -= 1;
+        }
+    }
+
+    /// Record a return; `false` if `id` had already returned.
+    fn mark_returned(&mut self, id: &str) -> bool {
+        if !self.returned.insert(id.to_owned()) {
+            return false;
+        }
+        if self.known.insert(id.to_owned()) {
+            self.order.push(id.to_owned());
+        } else if !self.missing.contains(id) {
+            self.pending -= 1;
+        }
+        true
+    }
+
+    fn done(&self) -> bool {
+        self.pending == 0 && !self.order.is_empty()
+    }
+
+    fn pending_list(&self) -> Vec<String> {
+        self.order
+            .iter()
+            .filter(|m| !self.returned.contains(*m) && !self.missing.contains(*m))
+            .cloned()
+            .collect()
+    }
+}
+
+/// A `saltutil.find_job` probe in flight.
+struct Probe {
+    sub: JidSubscription,
+    asked: usize,
+    answered: HashSet<String>,
+    running: Vec<String>,
+    deadline: Instant,
+}
+
+/// The returns of one published `local` job, one at a time, as they arrive
+/// (`LocalClient.get_iter_returns`). Nothing is kept but the sets of minion
+/// ids: the caller decides whether a return is gathered into an answer or
+/// streamed out and forgotten.
+///
+/// After `timeout` without every return, the pending minions are probed with
+/// `saltutil.find_job`. As in Salt, the main job's returns are awaited for
+/// the whole `gather_job_timeout` even when every probed minion has already
+/// answered "not running": on a busy minion the job may simply not have
+/// started when `saltutil.find_job` looked, and its return then arrives a
+/// moment later. Only when a probed minion reports the job running does the
+/// probe end early (and the wait is extended by `timeout`).
+pub struct Gatherer {
+    job: LocalJob,
+    master: Master,
+    sub: JidSubscription,
+    jid: String,
+    expected: Expected,
+    deadline: Instant,
+    probe: Option<Probe>,
+    done: bool,
+}
+
+enum Step {
+    Main(Option<std::sync::Arc<Event>>),
+    Probe(Option<std::sync::Arc<Event>>),
+    Timeout,
+}
+
+impl Gatherer {
+    /// Gather the returns of `reply` (the master's answer to the publish
+    /// whose events `sub` receives).
+    pub fn new(job: LocalJob, master: Master, sub: JidSubscription, reply: &PubReply) -> Self {
+        let mut expected = Expected::default();
+        for m in &reply.minions {
+            expected.expect(m);
+        }
+        for m in &reply.missing {
+            expected.mark_missing(m);
+        }
+        let deadline = Instant::now() + secs(job.timeout);
+        Gatherer {
+            job,
+            master,
+            sub,
+            jid: reply.jid.clone(),
+            expected,
+            deadline,
+            probe: None,
+            done: false,
+        }
+    }
+
+    /// The jid being gathered.
+    pub fn jid(&self) -> &str {
+        &self.jid
+    }
+
+    /// The job.
+    pub fn job(&self) -> &LocalJob {
+        &self.job
+    }
+
+    /// The minions known to be targeted so far, in the master's order.
+    pub fn expected_minions(&self) -> &[String] {
+        &self.expected.order
+    }
+
+    /// The next minion's return (its id and the return event), or `None`
+    /// when every expected minion returned or the waiting is over.
+    pub async fn next(&mut self) -> Option<(String, std::sync::Arc<Event>)> {
+        loop {
+            if self.done {
+                return None;
             }
-            if ev.tag.ends_with("/new") {
-                for (key, set) in [("minions", None), ("missing", Some(&mut *missing))] {
-                    if let Some(list) = data.get(key).and_then(Json::as_array) {
-                        let mut set = set;
-                        for m in list.iter().filter_map(Json::as_str) {
-                            if expected_set.insert(m.to_owned()) {
-                                expected.push(m.to_owned());
-                            }
-                            if let Some(s) = set.as_deref_mut() {
-                                s.insert(m.to_owned());
+            if self.probe.is_none() && self.expected.done() {
+                self.done = true;
+                return None;
+            }
+            let step = match self.probe.as_mut() {
+                None => tokio::select! {
+                    ev = self.sub.recv() => Step::Main(ev),
+                    _ = tokio::time::sleep_until(self.deadline) => Step::Timeout,
+                },
+                Some(probe) => tokio::select! {
+                    ev = self.sub.recv() => Step::Main(ev),
+                    ev = probe.sub.recv() => Step::Probe(ev),
+                    _ = tokio::time::sleep_until(probe.deadline) => Step::Timeout,
+                },
+            };
+            match step {
+                Step::Main(None) => {
+                    self.done = true;
+                    return None;
+                }
+                Step::Main(Some(ev)) => {
+                    let id = self.handle(&ev);
+                    if self.probe.is_some() && self.expected.pending == 0 {
+                        self.end_probe();
+                    }
+                    if let Some(id) = id {
+                        return Some((id, ev));
+                    }
+                }
+                Step::Probe(None) => self.end_probe(),
+                Step::Probe(Some(ev)) => {
+                    let Some(probe) = self.probe.as_mut() else {
+                        continue;
+                    };
+                    if !ev.tag.contains("/ret/") {
+                        continue;
+                    }
+                    let data = ev.data();
+                    if let Some(id) = data.get("id").and_then(Json::as_str) {
+                        if probe.answered.insert(id.to_owned()) {
+                            let busy = matches!(data.get("return"), Some(Json::Object(m)) if !m.is_empty());
+                            if busy {
+                                probe.running.push(id.to_owned());
                             }
                         }
                     }
-                }
-            } else if ev.tag.contains("/ret/") && data.get("return").is_some() {
-                let id = data
-                    .get("id")
-                    .and_then(Json::as_str)
-                    .map(str::to_owned)
-                    .or_else(|| ev.tag.rsplit('/').next().map(str::to_owned))
-                    .unwrap_or_default();
-                if returned.insert(id.clone()) {
-                    if expected_set.insert(id.clone()) {
-                        expected.push(id.clone());
+                    if probe.answered.len() >= probe.asked && !probe.running.is_empty() {
+                        self.end_probe();
                     }
-                    on_return(&id, data);
                 }
-            }
-        };
-        loop {
-            let pending: Vec<String> = expected
-                .iter()
-                .filter(|m| !returned.contains(*m) && !missing.contains(*m))
-                .cloned()
-                .collect();
-            if pending.is_empty() && !expected.is_empty() {
-                break;
-            }
-            tokio::select! {
-                ev = sub.recv() => match ev {
-                    Some(ev) => handle(&ev, &mut expected, &mut expected_set, &mut missing, &mut returned),
-                    None => break,
-                },
-                _ = tokio::time::sleep_until(deadline) => {
+                Step::Timeout if self.probe.is_some() => self.end_probe(),
+                Step::Timeout => {
+                    let pending = self.expected.pending_list();
                     if pending.is_empty() {
-                        break;
+                        self.done = true;
+                        return None;
                     }
-                    let running = self
-                        .find_job(master, &reply.jid, &pending, &mut sub, |ev| {
-                            handle(ev, &mut expected, &mut expected_set, &mut missing, &mut returned);
-                            pending.iter().all(|m| returned.contains(m))
-                        })
-                        .await;
-                    if running.iter().all(|m| returned.contains(m)) {
-                        break;
+                    match self.start_probe(&pending).await {
+                        Some(probe) => self.probe = Some(probe),
+                        None => {
+                            self.done = true;
+                            return None;
+                        }
                     }
-                    deadline = Instant::now() + secs(self.timeout);
                 }
             }
         }
-        let no_return = expected
+    }
+
+    /// What the gathering ended with: who never returned, who is missing.
+    pub fn finish(self) -> Collected {
+        if self.sub.lost_returns() {
+            tracing::warn!(
+                jid = %self.jid,
+                "returns of this job were dropped because its waiter fell too far behind"
+            );
+        }
+        let Expected {
+            order,
+            returned,
+            missing,
+            ..
+        } = self.expected;
+        let no_return = order
             .into_iter()
             .filter(|m| !returned.contains(m))
             .collect();
         Collected { no_return, missing }
     }
 
-    /// Ask `pending` minions whether they still run `jid`; returns those that
-    /// do. Events of the main job that arrive meanwhile go to `on_main`,
-    /// which answers whether every pending minion has now returned.
-    ///
-    /// As in `LocalClient.get_iter_returns`, the main job's returns are
-    /// awaited for the whole `gather_job_timeout` even when every probed
-    /// minion has already answered "not running": on a busy minion the job
-    /// may simply not have started when `saltutil.find_job` looked, and its
-    /// return then arrives a moment later. Only when a probed minion reports
-    /// the job running does the wait end early (the caller then extends it).
-    async fn find_job(
-        &self,
-        master: &Master,
-        jid: &str,
-        pending: &[String],
-        main: &mut JidSubscription,
-        mut on_main: impl FnMut(&crate::events::Event) -> bool,
-    ) -> Vec<String> {
-        let probe_jid = master.new_jid();
-        let mut probe = master.bus().subscribe_jid(&probe_jid);
+    /// Take one event of the main job into account; the minion id when it
+    /// is a minion's first return.
+    fn handle(&mut self, ev: &Event) -> Option<String> {
+        let data = ev.data();
+        if let Some(stamp) = data.get("_stamp").and_then(Json::as_str) {
+            self.master.bus().note_stamp(stamp);
+        }
+        if ev.tag.ends_with("/new") {
+            if let Some(list) = data.get("minions").and_then(Json::as_array) {
+                for m in list.iter().filter_map(Json::as_str) {
+                    self.expected.expect(m);
+                }
+            }
+            if let Some(list) = data.get("missing").and_then(Json::as_array) {
+                for m in list.iter().filter_map(Json::as_str) {
+                    self.expected.mark_missing(m);
+                }
+            }
+            None
+        } else if ev.tag.contains("/ret/") && data.get("return").is_some() {
+            let id = match data.get("id").and_then(Json::as_str) {
+                Some(id) => id,
+                None => ev.tag.rsplit('/').next().unwrap_or_default(),
+            };
+            self.expected.mark_returned(id).then(|| id.to_owned())
+        } else {
+            None
+        }
+    }
+
+    /// Ask `pending` minions whether they still run the job.
+    async fn start_probe(&mut self, pending: &[String]) -> Option<Probe> {
+        let probe_jid = self.master.new_jid();
+        let sub = self.master.bus().subscribe_jid(&probe_jid);
         let tgt = Json::Array(pending.iter().cloned().map(Json::String).collect());
-        let reply = match publish(
-            master,
+        match publish(
+            &self.master,
             &tgt,
             "list",
             &json!("saltutil.find_job"),
-            &[json!(jid)],
+            &[json!(self.jid)],
             "",
             &probe_jid,
-            &self.kwargs,
-            self.pub_timeout,
+            &self.job.kwargs,
+            self.job.pub_timeout,
         )
         .await
         {
-            Ok(r) => r,
+            Ok(reply) => Some(Probe {
+                sub,
+                asked: reply.minions.len(),
+                answered: HashSet::new(),
+                running: Vec::new(),
+                deadline: Instant::now() + secs(self.job.gather_job_timeout),
+            }),
             Err(e) => {
-                tracing::debug!(jid, error = %e, "saltutil.find_job could not be published");
-                return Vec::new();
-            }
-        };
-        let mut answered: HashSet<String> = HashSet::new();
-        let mut running = Vec::new();
-        let deadline = Instant::now() + secs(self.gather_job_timeout);
-        loop {
-            tokio::select! {
-                ev = probe.recv() => match ev {
-                    Some(ev) if ev.tag.contains("/ret/") => {
-                        let data = ev.data();
-                        if let Some(id) = data.get("id").and_then(Json::as_str) {
-                            if answered.insert(id.to_owned()) {
-                                let busy = matches!(data.get("return"), Some(Json::Object(m)) if !m.is_empty());
-                                if busy {
-                                    running.push(id.to_owned());
-                                }
-                            }
-                        }
-                        if answered.len() >= reply.minions.len() && !running.is_empty() {
-                            break;
-                        }
-                    }
-                    Some(_) => {}
-                    None => break,
-                },
-                ev = main.recv() => match ev {
-                    Some(ev) => {
-                        if on_main(&ev) {
-                            break;
-                        }
-                    }
-                    None => break,
-                },
-                _ = tokio::time::sleep_until(deadline) => break,
+                tracing::debug!(jid = %self.jid, error = %e, "saltutil.find_job could not be published");
+                None
             }
         }
-        running
+    }
+
+    /// The probe is over: stop if every minion it found running has
+    /// returned, otherwise wait another `timeout`.
+    fn end_probe(&mut self) {
+        let Some(probe) = self.probe.take() else {
+            return;
+        };
+        if probe
+            .running
+            .iter()
+            .all(|m| self.expected.returned.contains(m))
+        {
+            self.done = true;
+        } else {
+            self.deadline = Instant::now() + secs(self.job.timeout);
+        }
     }
 }
 
@@ -482,6 +650,17 @@ pub async fn local(master: &Master, low: Lowstate) -> Result<Json> {
         _ => None,
     };
     job.cmd(master, jid).await
+}
+
+/// `local`, started: the job is published and its returns can be gathered
+/// one at a time.
+pub async fn start_local(master: &Master, low: Lowstate) -> Result<Option<Gatherer>> {
+    let job = LocalJob::from_low(master, &low, &[])?;
+    let jid = match low.get("jid") {
+        Some(Json::String(s)) if !s.is_empty() => Some(s.clone()),
+        _ => None,
+    };
+    job.start(master, jid).await
 }
 
 /// `local_async`: `LocalClient.run_job` — publish and return `{jid, minions}`.

@@ -19,7 +19,7 @@ use serde_json::{Map, Value as Json};
 use crate::error::{Result, SaltError};
 use crate::master::Master;
 
-pub use local::{LocalJob, PubReply};
+pub use local::{Collected, Gatherer, LocalJob, PubReply};
 pub use runner::yamlify_arg;
 
 /// One lowstate chunk: the JSON object an HTTP client sent.
@@ -68,6 +68,41 @@ impl Netapi {
 
     /// Run one lowstate chunk as `NetapiClient.run` does.
     pub async fn run(&self, low: Lowstate) -> Result<Output> {
+        let client = self.precheck(&low)?;
+        let m = &self.master;
+        match client.as_str() {
+            "local" => local::local(m, low).await.map(Output::One),
+            "local_async" => local::local_async(m, low).await.map(Output::One),
+            "local_batch" => batch::local_batch(m, low).await.map(Output::Many),
+            "local_subset" => subset::local_subset(m, low).await.map(Output::One),
+            "runner" => runner::runner(m, low).await.map(Output::One),
+            "runner_async" => runner::runner_async(m, low).await.map(Output::One),
+            "wheel" => wheel::wheel(m, low).await.map(Output::One),
+            "wheel_async" => wheel::wheel_async(m, low).await.map(Output::One),
+            _ => Err(SaltError::Invocation(
+                "The 'ssh' client runs salt-ssh inside Python's salt-api process and has no \
+                 equivalent on the master's wire protocol; use the runner 'ssh.cmd' instead \
+                 (client: runner, fun: ssh.cmd)."
+                    .into(),
+            )),
+        }
+    }
+
+    /// Start a `local` chunk (after the same pre-checks as [`Netapi::run`])
+    /// and hand back its returns one at a time instead of one answer, for
+    /// callers that stream them. `None` when no minion matched the target.
+    /// Any other client is an invocation error.
+    pub async fn start_local(&self, low: Lowstate) -> Result<Option<Gatherer>> {
+        if self.precheck(&low)? != "local" {
+            return Err(SaltError::Invocation(
+                "only the 'local' client can stream its returns".into(),
+            ));
+        }
+        local::start_local(&self.master, low).await
+    }
+
+    /// NetapiClient's checks, in its order; the client name.
+    fn precheck(&self, low: &Lowstate) -> Result<String> {
         let config = self.master.config();
         let client = match low.get("client") {
             Some(Json::String(c)) => c.clone(),
@@ -113,23 +148,7 @@ impl Netapi {
                 "Raw shell option not allowed.".into(),
             ));
         }
-        let m = &self.master;
-        match client.as_str() {
-            "local" => local::local(m, low).await.map(Output::One),
-            "local_async" => local::local_async(m, low).await.map(Output::One),
-            "local_batch" => batch::local_batch(m, low).await.map(Output::Many),
-            "local_subset" => subset::local_subset(m, low).await.map(Output::One),
-            "runner" => runner::runner(m, low).await.map(Output::One),
-            "runner_async" => runner::runner_async(m, low).await.map(Output::One),
-            "wheel" => wheel::wheel(m, low).await.map(Output::One),
-            "wheel_async" => wheel::wheel_async(m, low).await.map(Output::One),
-            _ => Err(SaltError::Invocation(
-                "The 'ssh' client runs salt-ssh inside Python's salt-api process and has no \
-                 equivalent on the master's wire protocol; use the runner 'ssh.cmd' instead \
-                 (client: runner, fun: ssh.cmd)."
-                    .into(),
-            )),
-        }
+        Ok(client)
     }
 }
 

@@ -125,16 +125,10 @@ pub async fn runner(master: &Master, low: Lowstate) -> Result<Json> {
     let load = runner_load(&low)?;
     let limit = seconds(low.get("timeout")).unwrap_or_else(|| master.config().rest_timeout());
     let full_return = truthy(low.get("full_return"));
-    run_sync(master, load, limit, full_return, true).await
+    run_sync(master, load, limit, full_return).await
 }
 
-async fn run_sync(
-    master: &Master,
-    load: Json,
-    limit: f64,
-    full_return: bool,
-    check_fun: bool,
-) -> Result<Json> {
+async fn run_sync(master: &Master, load: Json, limit: f64, full_return: bool) -> Result<Json> {
     let fun = load["fun"].as_str().unwrap_or_default().to_owned();
     master.wait_ready(Duration::from_secs(5)).await?;
     let started = Instant::now();
@@ -163,7 +157,7 @@ async fn run_sync(
     // The credentials were accepted (the master answered with a jid), so
     // they may be used to learn the function list if the name is new.
     let check = async {
-        if check_fun && RunnerFunctions::is_known(master, &load, &fun).await == Some(false) {
+        if RunnerFunctions::is_known(master, &load, &fun).await == Some(false) {
             return;
         }
         std::future::pending::<()>().await
@@ -178,14 +172,15 @@ async fn run_sync(
         tokio::select! {
             ev = sub.recv() => match ev {
                 Some(ev) if ev.tag == ret_tag => {
-                    let data = ev.data().clone();
-                    if let Some(e) = unavailable_function(&fun, &data) {
+                    // One copy of what the caller keeps (a `jobs.lookup_jid`
+                    // of 10,000 minions is one large return).
+                    if let Some(e) = unavailable_function(&fun, ev.data()) {
                         return Err(e);
                     }
                     return Ok(if full_return {
-                        json!({"tag": ret_tag, "data": data})
+                        json!({"tag": ret_tag, "data": ev.data().clone()})
                     } else {
-                        data.get("return").cloned().unwrap_or(Json::Null)
+                        ev.data().get("return").cloned().unwrap_or(Json::Null)
                     });
                 }
                 Some(ev) => announced |= ev.tag == new_tag,
@@ -260,23 +255,37 @@ static LISTS: LazyLock<Mutex<FunctionLists>> = LazyLock::new(|| Mutex::new(HashM
 static REFRESH: LazyLock<tokio::sync::Mutex<()>> = LazyLock::new(|| tokio::sync::Mutex::new(()));
 
 impl RunnerFunctions {
+    /// What the list learnt from `master` says of `fun`, if it is recent
+    /// enough to tell.
+    fn lookup(master: &Master, fun: &str) -> Option<bool> {
+        let lists = LISTS.lock().unwrap_or_else(|p| p.into_inner());
+        lists.get(master.addr()).and_then(|l| {
+            if l.names.contains(fun) {
+                Some(true)
+            } else {
+                (l.learnt.elapsed() < FUNCTIONS_RECHECK).then_some(false)
+            }
+        })
+    }
+
     /// Whether the master has `fun`: `None` when it cannot be learnt.
     async fn is_known(master: &Master, load: &Json, fun: &str) -> Option<bool> {
-        let lookup = |max_age: Duration| {
-            let lists = LISTS.lock().unwrap_or_else(|p| p.into_inner());
-            lists.get(master.addr()).and_then(|l| {
-                if l.names.contains(fun) {
-                    Some(true)
-                } else {
-                    (l.learnt.elapsed() < max_age).then_some(false)
-                }
-            })
-        };
-        if let Some(known) = lookup(FUNCTIONS_RECHECK) {
+        if let Some(known) = Self::lookup(master, fun) {
             return Some(known);
         }
+        // Learnt in a task of its own: a caller that stops waiting (its
+        // job's return came first) does not cancel the learning, so the
+        // next caller finds the list.
+        let (m, l, f) = (master.clone(), load.clone(), fun.to_owned());
+        tokio::spawn(async move { Self::refresh(&m, &l, &f).await })
+            .await
+            .ok()
+            .flatten()
+    }
+
+    async fn refresh(master: &Master, load: &Json, fun: &str) -> Option<bool> {
         let _one = REFRESH.lock().await;
-        if let Some(known) = lookup(FUNCTIONS_RECHECK) {
+        if let Some(known) = Self::lookup(master, fun) {
             return Some(known);
         }
         let mut doc = Map::new();
@@ -288,7 +297,7 @@ impl RunnerFunctions {
             }
         }
         doc.insert("kwarg".into(), json!({"arg": [], "kwarg": {}}));
-        let listed = Box::pin(run_sync(master, Json::Object(doc), 60.0, false, false)).await;
+        let listed = run_plain(master, Json::Object(doc), LEARN_TIMEOUT).await;
         let names: HashSet<String> = match listed {
             Ok(Json::Object(m)) => m.keys().cloned().collect(),
             Ok(_) | Err(_) => {
@@ -314,6 +323,37 @@ impl RunnerFunctions {
             );
         }
         Some(known)
+    }
+}
+
+/// How long learning the function list may take.
+const LEARN_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Run a runner load and return its `return`, without the checks of
+/// [`runner`] (for `doc.runner`, which exists on every release).
+async fn run_plain(master: &Master, load: Json, limit: Duration) -> Result<Json> {
+    let deadline = Instant::now() + limit;
+    let reply = value::to_json(&master.request(value::from_json(&load), limit).await?);
+    let Some(jid) = reply.get("jid").and_then(Json::as_str) else {
+        return Err(SaltError::Master(format!(
+            "the Salt master answered the runner call without a jid: {reply}"
+        )));
+    };
+    let ret_tag = format!("salt/run/{jid}/ret");
+    let mut sub = master.bus().subscribe_jid(jid);
+    loop {
+        match tokio::time::timeout_at(deadline, sub.recv()).await {
+            Ok(Some(ev)) if ev.tag == ret_tag => {
+                return Ok(ev.data().get("return").cloned().unwrap_or(Json::Null))
+            }
+            Ok(Some(_)) => {}
+            Ok(None) => return Err(SaltError::Unreachable("the Salt event bus closed".into())),
+            Err(_) => {
+                return Err(SaltError::Timeout(format!(
+                    "RunnerClient job '{jid}' timed out"
+                )))
+            }
+        }
     }
 }
 

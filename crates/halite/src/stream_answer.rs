@@ -1,0 +1,321 @@
+//! Streamed answers for a synchronous `local` call: each minion's return is
+//! sent the moment it arrives, instead of one JSON document after the last.
+//!
+//! A client opts in with `Accept: application/x-ndjson` (one JSON object per
+//! line) or `Accept: text/event-stream` (the same objects as SSE `data:`).
+//! Only a body of exactly one `local` chunk streams; anything else takes the
+//! ordinary path unchanged. The lines, in order:
+//!
+//! ```text
+//! {"jid": "2026...", "minions": ["ms-0", "ms-1", "ms-2"]}     start (SSE event: start)
+//! {"id": "ms-1", "return": true}                              one per return (event: return)
+//! {"done": true, "jid": "2026...", "returned": 2, "no_return": {"ms-2": "Minion did not return. ..."}}
+//! ```
+//!
+//! `return` and the `no_return` values are exactly what the ordinary answer
+//! holds for that minion (including `full_return`). halite keeps no returns
+//! for a streamed answer: each is serialised to its line and forgotten. The
+//! body is pulled by the connection, so a client that stops reading stops
+//! the gathering (its returns wait in the job's bounded queue; the event bus
+//! is never held up). Errors before the job is published (credentials,
+//! bad lowstate, master down) are ordinary error answers with their status.
+
+use axum::body::{Body, Bytes};
+use axum::extract::{Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method};
+use axum::middleware::Next;
+use axum::response::{IntoResponse, Response};
+use futures_util::stream;
+use salt_client::clients::{Gatherer, Lowstate, Netapi};
+use serde_json::{json, Map, Value as Json};
+
+use crate::error::ApiError;
+use crate::{lowstate, pyjson, AppState};
+
+/// The streamed media types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// `application/x-ndjson`: one JSON object per line.
+    Ndjson,
+    /// `text/event-stream`: one SSE event per object.
+    EventStream,
+}
+
+const NDJSON: &str = "application/x-ndjson";
+const EVENT_STREAM: &str = "text/event-stream";
+
+impl Kind {
+    /// The streamed type the client asked for in `Accept`, if any (an
+    /// explicit media type with a non-zero quality; wildcards never opt in).
+    pub fn requested(headers: &HeaderMap) -> Option<Kind> {
+        let accept = headers.get(header::ACCEPT)?.to_str().ok()?;
+        accept.split(',').find_map(|part| {
+            let mut pieces = part.split(';');
+            let mime = pieces.next()?.trim();
+            let refused = pieces
+                .filter_map(|p| p.trim().strip_prefix("q="))
+                .any(|q| q.trim().parse::<f32>().is_ok_and(|q| q <= 0.0));
+            if refused {
+                None
+            } else if mime.eq_ignore_ascii_case(NDJSON) {
+                Some(Kind::Ndjson)
+            } else if mime.eq_ignore_ascii_case(EVENT_STREAM) {
+                Some(Kind::EventStream)
+            } else {
+                None
+            }
+        })
+    }
+
+    fn content_type(self) -> &'static str {
+        match self {
+            Kind::Ndjson => NDJSON,
+            Kind::EventStream => EVENT_STREAM,
+        }
+    }
+
+    /// One object as a line (`event` names it for SSE).
+    fn frame(self, event: &str, value: &Json) -> Bytes {
+        let text = pyjson::to_vec(value).unwrap_or_else(|_| b"null".to_vec());
+        let mut out = Vec::with_capacity(text.len() + event.len() + 16);
+        match self {
+            Kind::Ndjson => {
+                out.extend_from_slice(&text);
+                out.push(b'\n');
+            }
+            Kind::EventStream => {
+                out.extend_from_slice(b"event: ");
+                out.extend_from_slice(event.as_bytes());
+                out.extend_from_slice(b"\ndata: ");
+                out.extend_from_slice(&text);
+                out.extend_from_slice(b"\n\n");
+            }
+        }
+        Bytes::from(out)
+    }
+}
+
+/// The chunk to stream, when the body is exactly one `local` chunk.
+fn single_local(chunks: &mut Vec<Lowstate>) -> Option<Lowstate> {
+    let is_local = chunks.len() == 1
+        && chunks
+            .first()
+            .and_then(|c| c.get("client"))
+            .and_then(Json::as_str)
+            == Some("local");
+    if is_local {
+        chunks.pop()
+    } else {
+        None
+    }
+}
+
+/// Publish `chunk` and answer with its returns as a stream.
+pub async fn answer(netapi: &Netapi, chunk: Lowstate, kind: Kind) -> Result<Response, ApiError> {
+    if let Some(token) = chunk.get("token") {
+        match token.as_str() {
+            Some(t) if salt_client::auth::validate_token_text(t).is_ok() => {}
+            _ => {
+                return Err(ApiError::unauthorized(
+                    "Authentication failed: invalid token",
+                ))
+            }
+        }
+    }
+    let gatherer = netapi.start_local(chunk).await?;
+    let master = netapi.master().clone();
+    let start = match &gatherer {
+        Some(g) => json!({"jid": g.jid(), "minions": g.expected_minions()}),
+        None => json!({"jid": Json::Null, "minions": []}),
+    };
+    let first = kind.frame("start", &start);
+
+    enum Phase {
+        Start(Option<Gatherer>),
+        Returns(Gatherer, u64),
+        Over,
+    }
+    let body = stream::unfold(Phase::Start(gatherer), move |phase| {
+        let master = master.clone();
+        let first = first.clone();
+        async move {
+            match phase {
+                Phase::Start(Some(g)) => {
+                    Some((Ok::<_, std::io::Error>(first), Phase::Returns(g, 0)))
+                }
+                Phase::Start(None) => {
+                    let done =
+                        json!({"done": true, "jid": Json::Null, "returned": 0, "no_return": {}});
+                    let mut bytes = first.to_vec();
+                    bytes.extend_from_slice(&kind.frame("done", &done));
+                    Some((Ok(Bytes::from(bytes)), Phase::Over))
+                }
+                Phase::Returns(mut g, returned) => match g.next().await {
+                    Some((id, ev)) => {
+                        let value = g.job().shape(ev.data(), g.jid());
+                        let line = kind.frame("return", &json!({"id": id, "return": value}));
+                        Some((Ok(line), Phase::Returns(g, returned + 1)))
+                    }
+                    None => {
+                        let jid = g.jid().to_owned();
+                        let job = g.job().clone();
+                        let outcome = g.finish();
+                        let mut no_return = Map::new();
+                        for id in outcome.no_return {
+                            let missing = outcome.missing.contains(&id);
+                            no_return.insert(id, job.no_return_value(&master, &jid, missing));
+                        }
+                        let done = json!({"done": true, "jid": jid, "returned": returned,
+                            "no_return": no_return});
+                        Some((Ok(kind.frame("done", &done)), Phase::Over))
+                    }
+                },
+                Phase::Over => None,
+            }
+        }
+    });
+    let mut resp = Response::new(Body::from_stream(body));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static(kind.content_type()),
+    );
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
+    // Already final: compression layers must not buffer the lines.
+    h.insert(
+        header::CONTENT_ENCODING,
+        HeaderValue::from_static("identity"),
+    );
+    h.insert("x-accel-buffering", HeaderValue::from_static("no"));
+    Ok(resp)
+}
+
+/// What a streamable request carries: its one `local` chunk and kind, or
+/// the request rebuilt for the ordinary path.
+async fn take_chunk(
+    req: Request,
+    max_body: usize,
+    parse: impl FnOnce(&HeaderMap, &[u8]) -> Result<Vec<Lowstate>, ApiError>,
+) -> Result<Result<(Lowstate, Kind, HeaderMap), Request>, ApiError> {
+    let Some(kind) = Kind::requested(req.headers()).filter(|_| req.method() == Method::POST) else {
+        return Ok(Err(req));
+    };
+    let (parts, body) = req.into_parts();
+    let bytes = crate::body::read_body(body, max_body).await?;
+    match parse(&parts.headers, &bytes)
+        .ok()
+        .and_then(|mut c| single_local(&mut c))
+    {
+        Some(chunk) => Ok(Ok((chunk, kind, parts.headers))),
+        None => Ok(Err(Request::from_parts(parts, Body::from(bytes)))),
+    }
+}
+
+/// rest_wsgi `POST /`: a JSON list holding one `local` chunk streams.
+pub async fn wsgi(State(state): State<AppState>, req: Request, next: Next) -> Response {
+    let json_body = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
+    if !json_body {
+        return next.run(req).await;
+    }
+    let parse = |_: &HeaderMap, bytes: &[u8]| {
+        let body: Json = serde_json::from_slice(bytes)
+            .map_err(|e| ApiError::bad_request(format!("The body is not valid JSON: {e}")))?;
+        lowstate::chunks_from_json(body, false)
+    };
+    match take_chunk(req, state.limits.max_body, parse).await {
+        Ok(Ok((chunk, kind, _))) => answer(&state.netapi, chunk, kind)
+            .await
+            .unwrap_or_else(IntoResponse::into_response),
+        Ok(Err(req)) => next.run(req).await,
+        Err(e) => e.into_response(),
+    }
+}
+
+/// rest_cherrypy `POST /run` (inline credentials) and `POST /` (session
+/// token): one `local` chunk in any accepted body format streams.
+pub async fn cherrypy(
+    State(state): State<crate::cherrypy::CpState>,
+    req: Request,
+    next: Next,
+) -> Response {
+    use crate::cherrypy::{format, session, Format};
+    let with_session = req.uri().path().trim_end_matches('/').is_empty();
+    let parse = |headers: &HeaderMap, bytes: &[u8]| {
+        format::lowstate(format::parse_body(headers, bytes)?.data)
+    };
+    match take_chunk(req, state.app.limits.max_body, parse).await {
+        Ok(Ok((mut chunk, kind, headers))) => {
+            if with_session {
+                match session::require_token(&headers) {
+                    Ok(token) => {
+                        chunk.insert("token".into(), json!(token));
+                    }
+                    Err(e) => return Format::Json.error(e),
+                }
+            }
+            match answer(&state.app.netapi, chunk, kind).await {
+                Ok(r) => r,
+                Err(e) => Format::Json.error(e),
+            }
+        }
+        Ok(Err(req)) => next.run(req).await,
+        Err(e) => Format::Json.error(e),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn accept(v: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::ACCEPT, HeaderValue::from_str(v).expect("header"));
+        h
+    }
+
+    #[test]
+    fn only_an_explicit_stream_type_opts_in() {
+        assert_eq!(
+            Kind::requested(&accept("application/x-ndjson")),
+            Some(Kind::Ndjson)
+        );
+        assert_eq!(
+            Kind::requested(&accept("application/json, text/event-stream;q=0.5")),
+            Some(Kind::EventStream)
+        );
+        assert_eq!(Kind::requested(&accept("*/*")), None);
+        assert_eq!(Kind::requested(&accept("application/json")), None);
+        assert_eq!(Kind::requested(&accept("application/x-ndjson;q=0")), None);
+        assert_eq!(Kind::requested(&HeaderMap::new()), None);
+    }
+
+    #[test]
+    fn lines_are_python_json() {
+        let v = json!({"id": "é", "return": true});
+        assert_eq!(
+            Kind::Ndjson.frame("return", &v),
+            Bytes::from_static(b"{\"id\": \"\\u00e9\", \"return\": true}\n")
+        );
+        assert_eq!(
+            Kind::EventStream.frame("return", &v),
+            Bytes::from_static(b"event: return\ndata: {\"id\": \"\\u00e9\", \"return\": true}\n\n")
+        );
+    }
+
+    #[test]
+    fn only_one_local_chunk_streams() {
+        let chunk = |c: &str| match json!({"client": c}) {
+            Json::Object(m) => m,
+            _ => unreachable!(),
+        };
+        assert!(single_local(&mut vec![chunk("local")]).is_some());
+        assert!(single_local(&mut vec![chunk("local_async")]).is_none());
+        assert!(single_local(&mut vec![chunk("local"), chunk("local")]).is_none());
+        assert!(single_local(&mut Vec::new()).is_none());
+    }
+}

@@ -1,0 +1,329 @@
+#!/usr/bin/env python3
+"""Fleet-scale runs against null-master (see docs/BENCHMARKS.md, "Fleet scale").
+
+For every minion count: start `null-master --minions N` and a fresh halite
+on its config, then time synchronous `local` `test.ping` calls to `*`
+through rest_wsgi (the default JSON answer, and the streamed
+`application/x-ndjson` answer) and record per call: wall time, halite CPU
+(schedstat of every thread, exact), CPU per return, response bytes, and
+halite's peak RSS (VmHWM; halite is restarted per count and per answer kind,
+so the peak is that kind's). Optionally the same call through Salt's own
+Python `LocalClient` (`--salt-python`, an interpreter with Salt installed),
+pointed at the same null-master. Then the bus firehose (`bus-rate`).
+
+Writes one JSON document (--out) and prints a Markdown table.
+"""
+
+import argparse
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def log(msg):
+    print(f"scale: {msg}", file=sys.stderr, flush=True)
+
+
+def read(path):
+    try:
+        with open(path) as f:
+            return f.read()
+    except OSError:
+        return ""
+
+
+def cpu_s(pid):
+    total = 0.0
+    try:
+        tasks = os.listdir(f"/proc/{pid}/task")
+    except OSError:
+        return 0.0
+    for t in tasks:
+        v = read(f"/proc/{pid}/task/{t}/schedstat").split()
+        if v:
+            total += int(v[0]) / 1e9
+    return total
+
+
+def status_kib(pid, key):
+    for line in read(f"/proc/{pid}/status").splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1])
+    return 0
+
+
+def wait_port(port, limit=30):
+    end = time.time() + limit
+    while time.time() < end:
+        try:
+            with socket.create_connection(("127.0.0.1", port), timeout=0.5):
+                return True
+        except OSError:
+            time.sleep(0.05)
+    return False
+
+
+def stop(p):
+    if p and p.poll() is None:
+        p.send_signal(signal.SIGTERM)
+        try:
+            p.wait(5)
+        except subprocess.TimeoutExpired:
+            p.kill()
+            p.wait()
+
+
+BODY = json.dumps([{"client": "local", "tgt": "*", "fun": "test.ping", "timeout": 60,
+                    "eauth": "auto", "username": "saltdev", "password": "saltdev"}]).encode()
+
+
+def call(port, accept):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/", data=BODY, method="POST",
+                                 headers={"Content-Type": "application/json", "Accept": accept})
+    t = time.perf_counter()
+    with urllib.request.urlopen(req, timeout=600) as r:
+        body = r.read()
+    return time.perf_counter() - t, body
+
+
+def count_returns(body, accept, n):
+    if accept == "application/json":
+        ret = json.loads(body)["return"][0]
+        return sum(1 for v in ret.values() if v is True)
+    ok = 0
+    for line in body.splitlines():
+        obj = json.loads(line)
+        if obj.get("return") is True:
+            ok += 1
+    return ok
+
+
+def halite_runs(a, cfg, wsgi, n, accept):
+    """Start halite, one warm-up call, `reps` measured calls; halite stopped after."""
+    h = subprocess.Popen([f"{a.bin_dir}/halite", "--config", cfg], stdout=subprocess.DEVNULL,
+                         stderr=open(f"{a.workdir}/halite-scale.log", "ab"),
+                         env={**os.environ, "RUST_LOG": "warn"})
+    try:
+        if not wait_port(wsgi):
+            raise RuntimeError("halite did not start")
+        time.sleep(0.3)
+        idle_kib = status_kib(h.pid, "VmRSS")
+        call(wsgi, accept)
+        rows = []
+        for _ in range(a.reps):
+            c0 = cpu_s(h.pid)
+            wall, body = call(wsgi, accept)
+            cpu = cpu_s(h.pid) - c0
+            rows.append({"wall_s": wall, "cpu_s": cpu, "bytes": len(body),
+                         "complete": count_returns(body, accept, n)})
+        peak_kib = status_kib(h.pid, "VmHWM")
+    finally:
+        stop(h)
+    return {
+        "accept": accept,
+        "wall_s": statistics.median(r["wall_s"] for r in rows),
+        "cpu_s": statistics.median(r["cpu_s"] for r in rows),
+        "cpu_us_per_return": statistics.median(r["cpu_s"] for r in rows) / n * 1e6,
+        "bytes": rows[-1]["bytes"],
+        "complete_min": min(r["complete"] for r in rows),
+        "idle_rss_mib": idle_kib / 1024,
+        "peak_rss_mib": peak_kib / 1024,
+        "runs": rows,
+    }
+
+
+PY_LOCALCLIENT = r"""
+import json, resource, sys, time
+import salt.client, salt.config
+opts = salt.config.client_config(sys.argv[1])
+client = salt.client.LocalClient(mopts=opts)
+# null-master keeps no job cache; LocalClient reads the job's load from it
+# once per call and gives up ("jid does not exist") when it is empty.
+client.returners[f"{opts['master_job_cache']}.get_load"] = lambda jid: {"jid": jid, "fun": "test.ping"}
+n = int(sys.argv[2])
+out = []
+for i in range(int(sys.argv[3]) + 1):
+    r0 = resource.getrusage(resource.RUSAGE_SELF)
+    t = time.perf_counter()
+    ret = client.cmd("*", "test.ping", timeout=60, eauth="auto", username="saltdev", password="saltdev")
+    wall = time.perf_counter() - t
+    r1 = resource.getrusage(resource.RUSAGE_SELF)
+    cpu = (r1.ru_utime + r1.ru_stime) - (r0.ru_utime + r0.ru_stime)
+    if i:
+        out.append({"wall_s": wall, "cpu_s": cpu, "complete": sum(1 for v in ret.values() if v is True)})
+print(json.dumps({"runs": out, "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024}))
+"""
+
+
+def localclient_runs(a, cfg, n):
+    env = {**os.environ, "PYTHONDONTWRITEBYTECODE": "1"}
+    p = subprocess.run([a.salt_python, "-c", PY_LOCALCLIENT, cfg, str(n), str(a.reps)],
+                       capture_output=True, text=True, timeout=900, env=env)
+    if p.returncode != 0:
+        return {"error": p.stderr.strip().splitlines()[-3:]}
+    d = json.loads(p.stdout.strip().splitlines()[-1])
+    rows = d["runs"]
+    return {
+        "wall_s": statistics.median(r["wall_s"] for r in rows),
+        "cpu_s": statistics.median(r["cpu_s"] for r in rows),
+        "cpu_us_per_return": statistics.median(r["cpu_s"] for r in rows) / n * 1e6,
+        "complete_min": min(r["complete"] for r in rows),
+        "peak_rss_mib": d["peak_rss_mib"],
+        "runs": rows,
+    }
+
+
+def inflight_runs(a, port, wsgi, cp):
+    """`inflight` synchronous calls held open at once (returns delayed), over
+    HTTP/1.1 (one connection each) and h2c (streams over a few connections);
+    halite restarted for each, its peak RSS over its idle RSS per call."""
+    nd = f"{a.workdir}/null-inflight"
+    cfg = f"{nd}/master"
+    nm = subprocess.Popen([f"{a.bin_dir}/null-master", "--port", str(port), "--dir", nd, "--minions", "3",
+                           "--ret-delay-ms", str(a.hold_ms), "--write-config", cfg,
+                           "--wsgi-port", str(wsgi), "--cherrypy-port", str(cp), "--threads", "2"],
+                          stdout=subprocess.DEVNULL, stderr=open(f"{a.workdir}/null-master.log", "ab"))
+    body = json.dumps([{"client": "local", "tgt": "*", "fun": "test.ping", "timeout": 120,
+                        "eauth": "auto", "username": "saltdev", "password": "saltdev"}])
+    out = []
+    try:
+        wait_port(port)
+        for label, extra in (("HTTP/1.1", []), ("h2c", ["--h2-connections", str(a.h2_connections)])):
+            h = subprocess.Popen([f"{a.bin_dir}/halite", "--config", cfg], stdout=subprocess.DEVNULL,
+                                 stderr=open(f"{a.workdir}/halite-scale.log", "ab"),
+                                 env={**os.environ, "RUST_LOG": "warn"})
+            try:
+                wait_port(wsgi)
+                time.sleep(0.3)
+                idle = status_kib(h.pid, "VmRSS")
+                c0 = cpu_s(h.pid)
+                r = subprocess.run([f"{a.bin_dir}/http-load", "--url", f"http://127.0.0.1:{wsgi}/", "--body", body,
+                                    "-c", str(a.inflight), "-n", str(a.inflight), "--timeout", "180",
+                                    "--check", "true:3", *extra], capture_output=True, text=True, timeout=400)
+                cpu = cpu_s(h.pid) - c0
+                peak = status_kib(h.pid, "VmHWM")
+                rep = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 and r.stdout.strip() else {"error": r.stderr[-300:]}
+                row = {"http": label, "calls": a.inflight, "idle_rss_mib": idle / 1024, "peak_rss_mib": peak / 1024,
+                       "kib_per_call": (peak - idle) / a.inflight, "cpu_s": cpu, "loadavg": os.getloadavg(),
+                       "ok": rep.get("ok"), "failed": rep.get("failed"), "incomplete": rep.get("incomplete"),
+                       "max_in_flight": rep.get("max_in_flight"), "connections": rep.get("connections"),
+                       "samples": rep.get("samples", rep.get("error"))}
+                log(f"inflight: {row}")
+                out.append(row)
+            finally:
+                stop(h)
+    finally:
+        stop(nm)
+    return out
+
+
+def main():
+    p = argparse.ArgumentParser()
+    p.add_argument("--bin-dir", required=True)
+    p.add_argument("--workdir", required=True)
+    p.add_argument("--port", type=int, default=16606)
+    p.add_argument("--minions", default="100,1000,10000,30000")
+    p.add_argument("--reps", type=int, default=3)
+    p.add_argument("--salt-python", default="")
+    p.add_argument("--localclient-minions", default="1000,10000")
+    p.add_argument("--firehose-secs", type=int, default=10)
+    p.add_argument("--inflight", type=int, default=10000)
+    p.add_argument("--hold-ms", type=int, default=15000)
+    p.add_argument("--h2-connections", type=int, default=100)
+    p.add_argument("--kinds", default="json,ndjson", help="answers to measure (a build without streaming: json)")
+    p.add_argument("--out", required=True)
+    a = p.parse_args()
+    os.makedirs(a.workdir, exist_ok=True)
+    port, wsgi, cp = a.port, a.port - 5, a.port - 4
+    results = {"loadavg_start": os.getloadavg(), "nproc": os.cpu_count(), "counts": [],
+               "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
+    for n in [int(x) for x in a.minions.split(",") if x]:
+        nd = f"{a.workdir}/null-{n}"
+        cfg = f"{nd}/master"
+        nm = subprocess.Popen([f"{a.bin_dir}/null-master", "--port", str(port), "--dir", nd,
+                               "--minions", str(n), "--write-config", cfg,
+                               "--wsgi-port", str(wsgi), "--cherrypy-port", str(cp)],
+                              stdout=subprocess.DEVNULL, stderr=open(f"{a.workdir}/null-master.log", "ab"))
+        try:
+            if not wait_port(port):
+                raise RuntimeError("null-master did not start")
+            row = {"minions": n, "loadavg": os.getloadavg()}
+            kinds = a.kinds.split(",")
+            if "json" in kinds:
+                row["json"] = halite_runs(a, cfg, wsgi, n, "application/json")
+            if "ndjson" in kinds:
+                row["ndjson"] = halite_runs(a, cfg, wsgi, n, "application/x-ndjson")
+            if a.salt_python and str(n) in a.localclient_minions.split(","):
+                row["localclient"] = localclient_runs(a, cfg, n)
+            log(json.dumps({k: (v if not isinstance(v, dict) else {kk: vv for kk, vv in v.items() if kk != "runs"})
+                            for k, v in row.items()}))
+            results["counts"].append(row)
+        finally:
+            stop(nm)
+    if a.inflight:
+        results["inflight"] = inflight_runs(a, port, wsgi, cp)
+    for threads in ([1, 2] if a.firehose_secs else []):
+        nd = f"{a.workdir}/null-firehose-{threads}"
+        nm = subprocess.Popen([f"{a.bin_dir}/null-master", "--port", str(port), "--dir", nd,
+                               "--minions", "3", "--firehose-secs", str(a.firehose_secs + 5), "--threads", "2"],
+                              stdout=subprocess.DEVNULL, stderr=open(f"{a.workdir}/null-master.log", "ab"))
+        try:
+            wait_port(port)
+            r = subprocess.run([f"{a.bin_dir}/bus-rate", "--sock-dir", f"{nd}/sock", "--threads", str(threads),
+                                "--secs", str(a.firehose_secs)], capture_output=True, text=True,
+                               timeout=a.firehose_secs + 60)
+            fh = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 else {"error": r.stderr}
+            fh["loadavg"] = os.getloadavg()
+            fh["threads"] = threads
+            results.setdefault("firehose", []).append(fh)
+            log(f"firehose: {fh}")
+        finally:
+            stop(nm)
+    with open(a.out, "w") as f:
+        json.dump(results, f, indent=1)
+    print(table(results))
+
+
+def table(r):
+    lines = ["| minions | answer | wall s | halite CPU ms | CPU µs/return | peak RSS MiB (idle) | response bytes | complete |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    for row in r["counts"]:
+        n = row["minions"]
+        for kind in ("json", "ndjson", "localclient"):
+            d = row.get(kind)
+            if not d:
+                continue
+            if "error" in d:
+                lines.append(f"| {n:,} | {kind} | error: {' '.join(d['error'])[:120]} | | | | | |")
+                continue
+            rss = f"{d['peak_rss_mib']:.1f}" + (f" ({d['idle_rss_mib']:.1f})" if "idle_rss_mib" in d else "")
+            lines.append(f"| {n:,} | {kind} | {d['wall_s']:.3f} | {d['cpu_s'] * 1000:.1f} | "
+                         f"{d['cpu_us_per_return']:.2f} | {rss} | {d.get('bytes', 0):,} | {d['complete_min']:,}/{n:,} |")
+    if r.get("inflight"):
+        lines += ["", "| in flight | HTTP | connections | completed | failed+incomplete | idle RSS MiB | peak RSS MiB | KiB per call |",
+                  "|---:|---|---:|---:|---:|---:|---:|---:|"]
+        for x in r["inflight"]:
+            lines.append(f"| {x['calls']:,} | {x['http']} | {x['connections']} | {x['ok']} | "
+                         f"{(x['failed'] or 0) + (x['incomplete'] or 0)} | {x['idle_rss_mib']:.1f} | "
+                         f"{x['peak_rss_mib']:.1f} | {x['kib_per_call']:.1f} |")
+    for fh in r.get("firehose", []):
+        if "error" in fh:
+            continue
+        lines.append("")
+        lines.append(f"bus firehose, {fh['threads']} thread(s): {fh['events']:,} events in {fh['wall_s']:.1f} s, "
+                     f"{fh['cpu_s']:.2f} CPU s: {fh['events_per_cpu_s']:,.0f} events per CPU-second "
+                     f"({fh['events_per_s']:,.0f}/s wall); waiter got {fh['waiter_returns']:,} returns, "
+                     f"lost other events: {fh['waiter_lost_events']}, lost returns: {fh.get('waiter_lost_returns')}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
