@@ -94,16 +94,18 @@ async fn sigterm_answers_every_call_in_flight_and_ends_streams() {
         Ok(seen)
     });
 
-    // 50 synchronous calls, each a few seconds long.
+    // 50 synchronous calls, each a few seconds long, with the session's
+    // token (inline credentials would meet the login throttle).
     let mut calls = Vec::new();
     for i in 0..CALLS {
         let http = http.clone();
         let url = wsgi_url.clone();
         let minion = format!("ms-{}", i % 3);
+        let token = token.clone();
         calls.push(tokio::spawn(async move {
             let body = json!([{
                 "client": "local", "tgt": minion, "fun": "test.sleep", "arg": [4],
-                "timeout": 60, "eauth": "auto", "username": "saltdev", "password": "x"
+                "timeout": 60, "token": token
             }]);
             let resp = http.post(&url).json(&body).send().await;
             match resp {
