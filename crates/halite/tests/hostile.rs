@@ -490,12 +490,13 @@ async fn every_eauth_path_is_throttled() {
     let h = Halite::start_cherrypy("throttle", &[]);
     let c = client();
     let wrong = |user: &str| json!({"eauth": "pam", "username": user, "password": "wrong"});
-    // 30 parallel wrong passwords through /run: in-flight attempts count,
-    // so at most 5 reach the master. Before: all 30 did (401 each, 27 s).
+    // 30 parallel guesses (distinct passwords) through /run: attempts in
+    // flight count, so at most 5 reach the master. Before: all 30 did.
     let mut guesses = Vec::new();
-    for _ in 0..30 {
+    for i in 0..30 {
         let (c, url) = (c.clone(), h.url("/run"));
         let mut low = wrong("saltdev");
+        low["password"] = json!(format!("guess{i}"));
         low["client"] = json!("local");
         low["tgt"] = json!("ms-0");
         low["fun"] = json!("test.ping");

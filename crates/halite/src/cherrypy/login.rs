@@ -60,7 +60,7 @@ pub async fn login_post(
         let field = |k: &str| creds.get(k).and_then(Json::as_str).unwrap_or("").to_owned();
         let (eauth, username, password) = (field("eauth"), field("username"), field("password"));
         let attempt = Throttle::global()
-            .begin(&username, Some(peer.ip()))
+            .begin(&username, &password, Some(peer.ip()))
             .map_err(|t| ApiError::new(StatusCode::TOO_MANY_REQUESTS, throttle::message(t)))?;
         let mut extra = Map::new();
         if let Some(v) = creds.get("token_expire") {

@@ -72,7 +72,7 @@ pub async fn check(master: &Master, token: &str) -> Result<auth::Token, ApiError
 pub async fn validate(master: &Master, token: &str) -> Result<auth::Token, ApiError> {
     auth::validate_token_text(token).map_err(|_| ApiError::unauthorized("Invalid token"))?;
     let attempt = Throttle::global()
-        .begin("", throttle::peer())
+        .begin("", token, throttle::peer())
         .map_err(|t| ApiError::new(StatusCode::TOO_MANY_REQUESTS, throttle::message(t)))?;
     match auth::get_token(master, token).await? {
         Some(t) => {
