@@ -92,12 +92,19 @@ impl RequestChannel {
     }
 
     async fn exchange(&self, envelope: Mp, timeout: Duration) -> Result<Mp> {
-        let _permit = self
-            .open
-            .acquire()
-            .await
-            .map_err(|_| SaltError::Unreachable("request channel closed".into()))?;
+        // Waiting for a free connection is part of the request's time.
         let deadline = Instant::now() + timeout;
+        let _permit = match tokio::time::timeout_at(deadline.into(), self.open.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(SaltError::Unreachable("request channel closed".into())),
+            Err(_) => {
+                return Err(SaltError::Timeout(format!(
+                    "no connection to the Salt master at {} became free within {:.1}s",
+                    self.addr,
+                    timeout.as_secs_f64()
+                )))
+            }
+        };
         let (mut conn, mut reused) = match self.checkout() {
             Some(c) => (c, true),
             None => (self.connect(deadline).await?, false),
