@@ -98,4 +98,17 @@ mod tests {
         h.insert("x-auth-token", HeaderValue::from_static("beef"));
         assert_eq!(request_token(&h).as_deref(), Some("beef"));
     }
+
+    #[test]
+    fn session_cookie_flags() {
+        let plain = session_cookie("cafe", "Thu, 01 Jan 2099 00:00:00 GMT", false).expect("cookie");
+        let plain = plain.to_str().expect("text");
+        assert!(plain.starts_with("session_id=cafe;"));
+        assert!(plain.contains("; HttpOnly") && plain.contains("; SameSite=Strict"));
+        assert!(!plain.contains("Secure"));
+        let tls = session_cookie("cafe", "x", true).expect("cookie");
+        assert!(tls.to_str().expect("text").ends_with("; Secure"));
+        // A token cannot inject attributes.
+        assert!(session_cookie("a\r\nSet-Cookie: x=y", "x", false).is_none());
+    }
 }
