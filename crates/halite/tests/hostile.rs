@@ -608,3 +608,29 @@ async fn websocket_inbound_messages_are_small() {
     .await;
     assert_eq!(closed, Ok(true), "a 64 KiB message was accepted");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn deep_nesting_is_refused_in_every_body_format() {
+    let h = Halite::start_cherrypy("deep", &[]);
+    let token = login(&h).await;
+    let depth = 100_000;
+    let json_body = format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+    let yaml_body = json_body.clone();
+    for (ct, body) in [
+        ("application/json", json_body),
+        ("application/x-yaml", yaml_body),
+    ] {
+        let r = client()
+            .post(h.url("/"))
+            .header("X-Auth-Token", &token)
+            .header("Content-Type", ct)
+            .body(body)
+            .send()
+            .await
+            .expect("POST /");
+        assert_eq!(r.status(), 400, "{ct}");
+    }
+    // halite is still there.
+    let r = client().get(h.url("/")).send().await.expect("GET /");
+    assert_eq!(r.status(), 200);
+}
