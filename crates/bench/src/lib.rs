@@ -208,6 +208,14 @@ mod tests {
         assert!(j.body(br#"{"return": [{}]}"#).is_err());
         let k: Check = "key:token".parse().expect("parses");
         assert!(k.body(br#"{"return": [{"token": "ab"}]}"#).is_ok());
+        assert!(k.body(br#"{"return": [{"x": 1}]}"#).is_err());
+        let o: Check = "objects:2".parse().expect("parses");
+        assert!(o
+            .body(br#"{"return": [{"a": {"k": 1}, "b": {"k": 2}}]}"#)
+            .is_ok());
+        assert!(o
+            .body(br#"{"return": [{"a": {"k": 1}, "b": {}}]}"#)
+            .is_err());
         assert!("bogus".parse::<Check>().is_err());
     }
 

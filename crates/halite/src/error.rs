@@ -80,6 +80,6 @@ impl From<SaltError> for ApiError {
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"return": self.message});
-        crate::json_response(self.status, &body)
+        crate::response::json_response(self.status, &body)
     }
 }

@@ -1,34 +1,12 @@
-//! halite: a REST API for Salt masters, replacing Python's salt-api.
-//!
-//! Reads the master config, connects to the master (request channel and one
-//! event-bus subscription shared by every request), and serves each surface
-//! configured there: `rest_wsgi` (see `wsgi.rs`) and `rest_cherrypy` (see
-//! `cherrypy/`), all sharing one connection to the master.
-
-mod cherrypy;
-mod error;
-mod logsafe;
-mod lowstate;
-mod metrics;
-mod pyjson;
-mod serve;
-mod settings;
-mod throttle;
-mod wsgi;
+//! The `halite` command: parse the command line, load the master config,
+//! start a Tokio runtime and hand over to [`halite::serve`].
 
 use std::path::PathBuf;
-use std::sync::Arc;
+use std::process::ExitCode;
 
-use axum::body::{Body, Bytes};
-use axum::http::{header, HeaderValue, StatusCode};
-use axum::response::Response;
 use clap::{Parser, Subcommand};
-use http_body_util::BodyExt;
-use salt_client::clients::Netapi;
+use halite::settings::{self, Overrides};
 use salt_client::config::MasterConfig;
-use salt_client::master::Master;
-
-use crate::error::ApiError;
 
 /// Command line. Flags override the master config.
 #[derive(Debug, Parser)]
@@ -37,7 +15,7 @@ use crate::error::ApiError;
     version,
     about = "A REST API for Salt masters (a drop-in salt-api replacement)"
 )]
-pub struct Cli {
+struct Cli {
     /// Master config file (default: $SALT_MASTER_CONFIG, then /etc/salt/master).
     #[arg(short, long, global = true)]
     config: Option<PathBuf>,
@@ -72,35 +50,27 @@ enum Command {
     CheckConfig,
 }
 
-/// Limits applied to requests.
-#[derive(Debug, Clone, Copy)]
-pub struct Limits {
-    pub max_body: usize,
-}
-
-/// Shared state of every surface.
-#[derive(Clone)]
-pub struct AppState {
-    pub netapi: Netapi,
-    pub limits: Limits,
-    pub metrics: Arc<metrics::Metrics>,
-}
-
-fn main() -> std::process::ExitCode {
+fn main() -> ExitCode {
     let cli = Cli::parse();
     let _log_flush = init_tracing(cli.log_format);
     let config = match MasterConfig::load(cli.config.as_deref()) {
         Ok(c) => c,
         Err(e) => {
             eprintln!("halite: cannot load the master config: {e}");
-            return std::process::ExitCode::from(2);
+            return ExitCode::from(2);
         }
     };
-    let surfaces = match settings::surfaces(&config, &cli) {
+    let overrides = Overrides {
+        host: cli.host,
+        port: cli.port,
+        ssl_crt: cli.ssl_crt,
+        ssl_key: cli.ssl_key,
+    };
+    let surfaces = match settings::surfaces(&config, &overrides) {
         Ok(s) => s,
         Err(e) => {
             eprintln!("halite: {e}");
-            return std::process::ExitCode::from(2);
+            return ExitCode::from(2);
         }
     };
     if let Some(Command::CheckConfig) = cli.command {
@@ -111,7 +81,7 @@ fn main() -> std::process::ExitCode {
             "halite: nothing to serve: {} has no rest_wsgi or rest_cherrypy section (add `rest_wsgi: {{port: 8001}}` or pass --port)",
             config.path().display()
         );
-        return std::process::ExitCode::from(2);
+        return ExitCode::from(2);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -120,14 +90,14 @@ fn main() -> std::process::ExitCode {
         Ok(r) => r,
         Err(e) => {
             eprintln!("halite: cannot start the runtime: {e}");
-            return std::process::ExitCode::FAILURE;
+            return ExitCode::FAILURE;
         }
     };
-    match runtime.block_on(serve::run(config, surfaces)) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
+    match runtime.block_on(halite::serve(config, surfaces)) {
+        Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("halite: {e}");
-            std::process::ExitCode::FAILURE
+            ExitCode::FAILURE
         }
     }
 }
@@ -152,46 +122,4 @@ fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
         LogFormat::Json => builder.json().init(),
     }
     guard
-}
-
-/// Build the shared state for a master.
-pub fn app_state(master: Master, limits: Limits) -> AppState {
-    AppState {
-        netapi: Netapi::new(master),
-        limits,
-        metrics: Arc::new(metrics::Metrics::default()),
-    }
-}
-
-/// A JSON response, written as Python's `json.dumps` writes it, with an
-/// exact `Content-Length` (bytes, not characters).
-pub fn json_response(status: StatusCode, body: &serde_json::Value) -> Response {
-    let bytes = pyjson::to_vec(body)
-        .unwrap_or_else(|_| b"{\"return\": \"unserialisable result\"}".to_vec());
-    let mut resp = Response::new(Body::from(bytes));
-    *resp.status_mut() = status;
-    resp.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    resp
-}
-
-/// Read a request body up to `limit` bytes; beyond it, 413.
-pub async fn read_body(body: Body, limit: usize) -> Result<Bytes, ApiError> {
-    let limited = http_body_util::Limited::new(body, limit);
-    match limited.collect().await {
-        Ok(collected) => Ok(collected.to_bytes()),
-        Err(e) => {
-            if e.downcast_ref::<http_body_util::LengthLimitError>()
-                .is_some()
-            {
-                Err(ApiError::payload_too_large(limit))
-            } else {
-                Err(ApiError::bad_request(format!(
-                    "Could not read the request body: {e}"
-                )))
-            }
-        }
-    }
 }

@@ -1,22 +1,20 @@
 //! Listeners, TLS, request accounting and graceful shutdown.
 
 use std::net::SocketAddr;
-use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use axum::extract::{Request, State};
-use axum::middleware::{self, Next};
-use axum::response::Response;
-use axum::Router;
 use axum_server::tls_rustls::RustlsConfig;
 use salt_client::config::MasterConfig;
 use salt_client::master::Master;
 
-use crate::settings::{Surface, SurfaceKind};
-use crate::{app_state, cherrypy, metrics, wsgi, AppState, Limits};
+use crate::metrics::Metrics;
+use crate::router::router;
+use crate::settings::Surface;
+use crate::state::{AppState, Limits};
 
-/// Serve every surface until SIGINT/SIGTERM.
-pub async fn run(config: MasterConfig, surfaces: Vec<Surface>) -> Result<(), String> {
+/// Serve every surface of `config` until SIGINT/SIGTERM, all sharing one
+/// connection to the master.
+pub async fn serve(config: MasterConfig, surfaces: Vec<Surface>) -> Result<(), String> {
     if matches!(
         config.transport(),
         salt_client::config::RequestTransport::Ws
@@ -27,21 +25,15 @@ pub async fn run(config: MasterConfig, surfaces: Vec<Surface>) -> Result<(), Str
         );
     }
     let master = Master::new(config);
+    let metrics = std::sync::Arc::new(Metrics::default());
     let handle = axum_server::Handle::new();
     let mut servers = tokio::task::JoinSet::new();
     for surface in surfaces {
-        let state = app_state(
-            master.clone(),
-            Limits {
-                max_body: surface.max_body,
-            },
-        );
-        let app = router_for(&surface, state);
-        // rest_cherrypy accepts `/login/` as `/login` (CherryPy's trailing_slash tool).
-        let app = Router::new().fallback_service(tower::Layer::layer(
-            &tower_http::normalize_path::NormalizePathLayer::trim_trailing_slash(),
-            app,
-        ));
+        let limits = Limits {
+            max_body: surface.max_body,
+        };
+        let state = AppState::with_metrics(master.clone(), limits, metrics.clone());
+        let app = router(&surface, state);
         let addr = resolve(&surface.host, surface.port).await?;
         let h = handle.clone();
         let name = surface.kind.section();
@@ -90,43 +82,6 @@ pub async fn run(config: MasterConfig, surfaces: Vec<Surface>) -> Result<(), Str
         }
     }
     Ok(())
-}
-
-/// The router of one surface, with accounting and health routes.
-pub fn router_for(surface: &Surface, state: AppState) -> Router {
-    let app = match surface.kind {
-        SurfaceKind::Wsgi => metrics::routes()
-            .with_state(state.clone())
-            .merge(wsgi::router(state.clone())),
-        SurfaceKind::Cherrypy => cherrypy::router(state.clone(), surface.cherrypy.clone()),
-    };
-    app.layer(middleware::from_fn_with_state(state, account))
-}
-
-async fn account(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let m = &state.metrics;
-    m.requests.fetch_add(1, Ordering::Relaxed);
-    m.in_flight.fetch_add(1, Ordering::Relaxed);
-    // Decrement even when the client goes away and the future is dropped.
-    struct InFlight<'a>(&'a std::sync::atomic::AtomicU64);
-    impl Drop for InFlight<'_> {
-        fn drop(&mut self) {
-            self.0.fetch_sub(1, Ordering::Relaxed);
-        }
-    }
-    let _guard = InFlight(&m.in_flight);
-    let method = req.method().clone();
-    let path = crate::logsafe::uri(req.uri());
-    let started = std::time::Instant::now();
-    let resp = next.run(req).await;
-    let status = resp.status();
-    if status.is_client_error() {
-        m.errors_4xx.fetch_add(1, Ordering::Relaxed);
-    } else if status.is_server_error() {
-        m.errors_5xx.fetch_add(1, Ordering::Relaxed);
-    }
-    tracing::info!(%method, %path, status = status.as_u16(), ms = started.elapsed().as_millis() as u64, "request");
-    resp
 }
 
 /// The certificate (plus the `ssl_chain` intermediates) and key.

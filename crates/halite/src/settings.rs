@@ -5,8 +5,6 @@ use std::path::PathBuf;
 use salt_client::config::MasterConfig;
 use serde_json::{Map, Value as Json};
 
-use crate::Cli;
-
 /// Default request body limit (rest_cherrypy's `max_request_body_size`).
 pub const DEFAULT_MAX_BODY: usize = 1024 * 1024;
 
@@ -31,8 +29,9 @@ impl SurfaceKind {
 /// The rest_cherrypy options halite honours. Options that make no sense for
 /// halite (`thread_pool`, `socket_queue_size`, `expire_responses`, `debug`
 /// reloading, `collect_stats`, `log_access_file`, `log_error_file`) are
-/// accepted and ignored.
-#[derive(Debug, Clone, Default)]
+/// accepted and ignored. The default is what an empty `rest_cherrypy`
+/// section means.
+#[derive(Debug, Clone)]
 pub struct CherrypyOptions {
     pub root_prefix: String,
     pub webhook_url: String,
@@ -89,6 +88,25 @@ fn list_of(section: &Map<String, Json>, key: &str) -> Vec<String> {
     }
 }
 
+impl Default for CherrypyOptions {
+    fn default() -> Self {
+        CherrypyOptions {
+            root_prefix: String::new(),
+            webhook_url: "/hook".into(),
+            webhook_disable_auth: false,
+            stats_disable_auth: false,
+            enable_sessions: true,
+            static_dir: None,
+            static_path: "/static".into(),
+            app: None,
+            app_path: "/app".into(),
+            cors_origins: Vec::new(),
+            tls: false,
+            event_visibility: EventVisibility::default(),
+        }
+    }
+}
+
 /// One surface to serve.
 #[derive(Debug, Clone)]
 pub struct Surface {
@@ -101,6 +119,34 @@ pub struct Surface {
     pub max_body: usize,
     /// Only for the rest_cherrypy surface.
     pub cherrypy: CherrypyOptions,
+}
+
+impl Surface {
+    /// A plain-HTTP rest_wsgi surface on `localhost:8001` with default limits.
+    pub fn wsgi() -> Surface {
+        Surface {
+            kind: SurfaceKind::Wsgi,
+            host: "localhost".into(),
+            port: 8001,
+            tls: None,
+            tls_chain: None,
+            max_body: DEFAULT_MAX_BODY,
+            cherrypy: CherrypyOptions::default(),
+        }
+    }
+
+    /// A plain-HTTP rest_cherrypy surface on `0.0.0.0:8000` with `opts`.
+    pub fn cherrypy(opts: CherrypyOptions) -> Surface {
+        Surface {
+            kind: SurfaceKind::Cherrypy,
+            host: "0.0.0.0".into(),
+            port: 8000,
+            tls: None,
+            tls_chain: None,
+            max_body: DEFAULT_MAX_BODY,
+            cherrypy: opts,
+        }
+    }
 }
 
 fn bool_of(section: &Map<String, Json>, key: &str, default: bool) -> bool {
@@ -156,8 +202,18 @@ fn body_limit(section: &Map<String, Json>) -> Result<usize, String> {
     }
 }
 
-/// The surfaces configured in `config`, with command-line overrides.
-pub fn surfaces(config: &MasterConfig, cli: &Cli) -> Result<Vec<Surface>, String> {
+/// Values that take precedence over the `rest_wsgi` section (the command
+/// line's `--host`, `--port`, `--ssl-crt`, `--ssl-key`).
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub host: Option<String>,
+    pub port: Option<u16>,
+    pub ssl_crt: Option<PathBuf>,
+    pub ssl_key: Option<PathBuf>,
+}
+
+/// The surfaces configured in `config`, with `overrides` applied.
+pub fn surfaces(config: &MasterConfig, cli: &Overrides) -> Result<Vec<Surface>, String> {
     let mut out = Vec::new();
     let empty = Map::new();
     let wsgi = config.section("rest_wsgi");

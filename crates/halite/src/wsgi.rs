@@ -1,6 +1,7 @@
 //! The rest_wsgi surface (the seed): `POST /` with a JSON list of lowstates,
 //! each carrying its own credentials. Like rest_wsgi, the path is not
-//! looked at: every path behaves as `/`.
+//! looked at: every path behaves as `/`. Every reply, errors included, is
+//! `{"return": ...}`.
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -9,8 +10,11 @@ use axum::response::Response;
 use axum::Router;
 use serde_json::json;
 
+use crate::body::read_body;
 use crate::error::ApiError;
-use crate::{json_response, lowstate, read_body, AppState};
+use crate::lowstate;
+use crate::response::json_response;
+use crate::state::AppState;
 
 /// The router of the rest_wsgi surface.
 pub fn router(state: AppState) -> Router {
@@ -24,7 +28,7 @@ async fn handle(State(state): State<AppState>, req: Request<Body>) -> Result<Res
     match *req.method() {
         Method::GET | Method::HEAD => Ok(json_response(
             StatusCode::OK,
-            &json!("Welcome to halite, a REST API for Salt (rest_wsgi surface). POST a JSON list of lowstate objects to /."),
+            &json!({"return": "Welcome to halite, a REST API for Salt (rest_wsgi surface). POST a JSON list of lowstate objects to /."}),
         )),
         Method::POST => {
             let content_type = req

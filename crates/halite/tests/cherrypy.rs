@@ -58,7 +58,7 @@ async fn index_get() {
     for want in ["local", "local_async", "runner", "wheel"] {
         assert!(clients.contains(&want), "{clients:?}");
     }
-    // Deliberate (compat-notes): only clients halite serves; no destroy/ssh.
+    // Deliberate (docs/COMPATIBILITY.md): only clients halite serves; no destroy/ssh.
     assert!(!clients.contains(&"ssh") && !clients.contains(&"destroy"));
 }
 
@@ -294,7 +294,7 @@ async fn logout_revokes_the_token() {
     assert_eq!(r.status(), 401);
     let r = c.post(h.url("/logout")).send().await.unwrap();
     assert_eq!(r.status(), 401);
-    // Deliberate (compat-notes): GET /logout is 405 (salt-api: 500).
+    // Deliberate (docs/COMPATIBILITY.md): GET /logout is 405 (salt-api: 500).
     let (s, v) = get_json(&c, &h.url("/logout"), None).await;
     assert_error(s, &v, 405);
 }
@@ -476,7 +476,15 @@ async fn keys_list_finger_and_gen_accept() {
     let body = json!({"client": "wheel", "fun": "key.delete", "match": id, "token": token});
     let (s, v) = post_json(&c, &h.url("/run"), None, &body).await;
     assert_eq!(s, 200, "{v}");
-    let (_, v) = get_json(&c, &h.url("/keys"), Some(&token)).await;
+    assert_eq!(v["return"][0]["data"]["success"], json!(true), "{v}");
+    let (s, v) = get_json(&c, &h.url("/keys"), Some(&token)).await;
+    assert_eq!(s, 200, "{v}");
+    assert!(
+        v["return"]["minions"]
+            .as_array()
+            .is_some_and(|a| a.contains(&json!("ms-0"))),
+        "{v}"
+    );
     assert!(!v.to_string().contains(&id), "{v}");
 
     // Errors: no mid, bad credentials.
@@ -513,7 +521,7 @@ async fn events_stream() {
         c.get(&url).header("Cookie", format!("session_id={token}")),
     )
     .await;
-    // Deliberate (compat-notes): ?token= and ?salt_token= work (salt-api: 400).
+    // Deliberate (docs/COMPATIBILITY.md): ?token= and ?salt_token= work (salt-api: 400).
     let _by_query = open_events(&c, c.get(format!("{url}?token={token}"))).await;
     let _by_salt = open_events(&c, c.get(format!("{url}?salt_token={token}"))).await;
     for bad in [
@@ -685,7 +693,7 @@ async fn hook_fires_events() {
     let headers = ev["data"]["headers"].as_object().unwrap();
     assert_eq!(headers["X-Custom"], "v1");
     assert_eq!(headers["Content-Type"], "application/json");
-    // Deliberate (compat-notes): credentials are not copied into the event.
+    // Deliberate (docs/COMPATIBILITY.md): credentials are not copied into the event.
     assert!(!headers.contains_key("X-Auth-Token") && !headers.contains_key("Cookie"));
     assert!(!ev.to_string().contains(&token));
 

@@ -278,6 +278,8 @@ fn salt_api_cli_against_halite() {
         let d = &v["return"][0]["data"];
         (d["success"].clone(), d["return"].clone())
     };
+    assert!(oracle["return"][0]["data"].is_object(), "{oracle}");
+    assert!(outcome(&oracle).0.is_boolean(), "{oracle}");
     assert_eq!(outcome(&v), outcome(&oracle), "same as salt-api");
     let again: Json = serde_json::from_str(&std::fs::read_to_string(&token_file).unwrap()).unwrap();
     assert_eq!(again["token"], json!(token));

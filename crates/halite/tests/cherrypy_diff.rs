@@ -5,7 +5,7 @@
 //!
 //! Python salt-api's `/login` returns a CherryPy session id: the oracle's
 //! authenticated endpoints get that session id, halite gets its own token.
-//! Where halite differs on purpose (see /work/shared/compat-notes.md), the
+//! Where halite differs on purpose (see docs/COMPATIBILITY.md), the
 //! test asserts halite's behaviour and says why.
 
 mod cp_common;
@@ -137,7 +137,7 @@ fn same(what: &str, (h, o): ((u16, Json), (u16, Json))) {
 }
 
 /// Same status; halite's error body is JSON `{"status", "return"}` where
-/// salt-api sends a CherryPy HTML page (deliberate, compat-notes).
+/// salt-api sends a CherryPy HTML page (deliberate, docs/COMPATIBILITY.md).
 fn same_error(what: &str, (h, o): ((u16, Json), (u16, Json))) {
     assert_eq!(
         h.0, o.0,
@@ -485,4 +485,385 @@ async fn diff_errors_and_limits() {
                        "pad": "x".repeat(1_200_000)}]);
     let ((hs, _), (os, _)) = p.post("/run", false, &body).await;
     assert_eq!((hs, os), (413, 401));
+}
+
+/// Whether the lab's master is Salt 3008 (`SALT_VERSION_FULL` from `scripts/lab env`).
+fn lab_is_3008() -> bool {
+    std::env::var("SALT_VERSION_FULL").is_ok_and(|v| v.starts_with("3008"))
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn diff_login_needs_username_and_password() {
+    let p = pair().await;
+    // A login must carry both; salt-api's master refuses it (401) and so
+    // must halite, never answering with a token for user "".
+    for body in [
+        json!({"eauth": "auto", "username": "hal"}),
+        json!({"eauth": "auto", "password": "x"}),
+        json!([{"eauth": "auto", "username": "hal"}]),
+    ] {
+        same_error(
+            &format!("POST /login {body}"),
+            p.post("/login", false, &body).await,
+        );
+    }
+    // The same for inline lowstate credentials.
+    for low in [
+        json!({"client": "runner", "fun": "test.arg", "eauth": "auto", "username": "hal"}),
+        json!({"client": "local", "tgt": "*", "fun": "test.ping", "eauth": "auto", "password": "x"}),
+    ] {
+        same_error(
+            &format!("/run {low}"),
+            p.post("/run", false, &json!([low])).await,
+        );
+    }
+}
+
+/// The attributes of a `Set-Cookie` value, lower-cased names.
+fn cookie_attrs(v: &str) -> Map<String, Json> {
+    v.split(';')
+        .skip(1)
+        .filter_map(|a| {
+            let (k, v) = a.trim().split_once('=').unwrap_or((a.trim(), ""));
+            (!k.is_empty()).then(|| (k.to_ascii_lowercase(), json!(v)))
+        })
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn diff_session_cookie_and_cache_control() {
+    let p = pair().await;
+    let login = |base: String| {
+        let c = p.c.clone();
+        async move {
+            c.post(format!("{base}/login"))
+                .json(&creds("hal"))
+                .send()
+                .await
+                .expect("POST /login")
+        }
+    };
+    let (h, o) = tokio::join!(login(p.h.base.clone()), login(p.o.base.clone()));
+    assert_eq!((h.status().as_u16(), o.status().as_u16()), (200, 200));
+    let cookie = |r: &reqwest::Response| {
+        r.headers()
+            .get("set-cookie")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
+            .to_owned()
+    };
+    let (hc, oc) = (cookie(&h), cookie(&o));
+    assert!(hc.starts_with("session_id="), "{hc}");
+    assert!(oc.starts_with("session_id="), "{oc}");
+    let (ha, oa) = (cookie_attrs(&hc), cookie_attrs(&oc));
+    for attr in ["expires", "max-age", "path"] {
+        assert!(oa.contains_key(attr), "salt-api's cookie has {attr}: {oc}");
+        assert!(ha.contains_key(attr), "halite's cookie lacks {attr}: {hc}");
+    }
+    assert_eq!(ha["path"], oa["path"]);
+    // halite's Max-Age is the token's remaining lifetime.
+    let body: Json = h.json().await.expect("login JSON");
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs_f64();
+    let left = body["return"][0]["expire"].as_f64().unwrap() - now;
+    let max_age: f64 = ha["max-age"].as_str().unwrap().parse().unwrap();
+    assert!(
+        (left - 5.0..=left + 1.0).contains(&max_age),
+        "Max-Age {max_age} for a token with {left} s left"
+    );
+
+    // Cache-Control: private on replies to authenticated requests.
+    let cache_control = |r: &reqwest::Response| {
+        r.headers()
+            .get("cache-control")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    };
+    let get = |base: &str, token: &str, path: &str| {
+        p.c.get(format!("{base}{path}"))
+            .header("Accept", "application/json")
+            .header("X-Auth-Token", token)
+            .send()
+    };
+    let (h, o) = tokio::join!(
+        get(&p.h.base, &p.h.token, "/stats"),
+        get(&p.o.base, &p.o.token, "/stats")
+    );
+    let (h, o) = (h.unwrap(), o.unwrap());
+    assert_eq!(cache_control(&o).as_deref(), Some("private"), "salt-api");
+    assert_eq!(cache_control(&h), cache_control(&o), "GET /stats");
+    // Not on an anonymous request.
+    let (h, o) = tokio::join!(
+        p.c.get(format!("{}/", p.h.base)).send(),
+        p.c.get(format!("{}/", p.o.base)).send()
+    );
+    let (h, o) = (h.unwrap(), o.unwrap());
+    assert_eq!(cache_control(&o), None, "salt-api GET /");
+    assert_eq!(cache_control(&h), None, "halite GET /");
+    // Logout: private, and the cookie is expired.
+    let logout = |base: &str, token: &str| {
+        p.c.post(format!("{base}/logout"))
+            .header("X-Auth-Token", token)
+            .send()
+    };
+    let (h, o) = tokio::join!(logout(&p.h.base, &p.h.token), logout(&p.o.base, &p.o.token));
+    let (h, o) = (h.unwrap(), o.unwrap());
+    assert_eq!(
+        cache_control(&o).as_deref(),
+        Some("private"),
+        "salt-api /logout"
+    );
+    assert_eq!(cache_control(&h), cache_control(&o), "POST /logout");
+    let hc = cookie(&h);
+    assert!(hc.starts_with("session_id=;"), "{hc}");
+    assert!(hc.contains("expires=Thu, 01 Jan 1970"), "{hc}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn diff_hook_event_headers() {
+    let p = pair().await;
+    let mut sse = Sse::new(
+        p.c.get(format!("{}/events?token={}", p.h.base, p.h.token))
+            .send()
+            .await
+            .expect("GET /events"),
+    );
+    let marker = unique("hook");
+    let body = json!({"marker": marker});
+    let post = |base: &str, token: &str, side: &str, spoof: bool| {
+        let mut req =
+            p.c.post(format!("{base}/hook/fidelity/{marker}/{side}"))
+                .header("X-Auth-Token", token)
+                .json(&body);
+        if spoof {
+            req = req.header("Remote-Addr", "10.9.9.9");
+        }
+        req.send()
+    };
+    // Give the stream a moment to be subscribed before the hooks fire.
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (h, o) = tokio::join!(
+        post(&p.h.base, &p.h.token, "h", false),
+        post(&p.o.base, &p.o.token, "o", false)
+    );
+    assert_eq!(
+        (h.unwrap().status().as_u16(), o.unwrap().status().as_u16()),
+        (200, 200)
+    );
+    let wait = std::time::Duration::from_secs(30);
+    let mut headers = std::collections::BTreeMap::new();
+    while headers.len() < 2 {
+        let ev = sse
+            .until(wait, "the hook events", |e| {
+                e["tag"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with(&format!("salt/netapi/hook/fidelity/{marker}/")))
+            })
+            .await;
+        let side = ev["tag"]
+            .as_str()
+            .unwrap()
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .to_owned();
+        headers.insert(side, ev["data"]["headers"].clone());
+    }
+    let (h, o) = (&headers["h"], &headers["o"]);
+    assert_eq!(o["Remote-Addr"], json!("127.0.0.1"), "salt-api {o}");
+    assert_eq!(h["Remote-Addr"], o["Remote-Addr"], "halite {h}");
+    // The same header names, except the credential salt-api copies in.
+    let names = |v: &Json| {
+        v.as_object()
+            .unwrap()
+            .keys()
+            .filter(|k| *k != "X-Auth-Token")
+            .cloned()
+            .collect::<Vec<_>>()
+    };
+    let (mut hn, mut on) = (names(h), names(o));
+    hn.sort();
+    on.sort();
+    assert_eq!(hn, on, "header names (halite {h}, salt-api {o})");
+    // A caller cannot pose as another address.
+    let r = post(&p.h.base, &p.h.token, "spoofed", true).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let ev = sse
+        .until(wait, "the spoofed hook", |e| {
+            e["tag"] == json!(format!("salt/netapi/hook/fidelity/{marker}/spoofed"))
+        })
+        .await;
+    assert_eq!(ev["data"]["headers"]["Remote-Addr"], json!("127.0.0.1"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn diff_unknown_runner_function() {
+    let p = pair().await;
+    for client in ["runner", "runner_async"] {
+        let body = json!([with_creds(
+            json!({"client": client, "fun": "no_such.runner_fn"})
+        )]);
+        let ((hs, h), (os, o)) = p.post("/run", false, &body).await;
+        assert_eq!((hs, os), (500, 500), "{client}: halite {h}, salt-api {o}");
+        // salt-api hides the message in its reply (it logs it); halite
+        // gives Salt's own message, not the master's traceback.
+        assert_eq!(
+            h["return"],
+            json!("'no_such.runner_fn' is not available."),
+            "{client}"
+        );
+    }
+    // With the session too, and a known function still works.
+    let body = json!([{"client": "runner", "fun": "no_such.runner_fn"}]);
+    let ((hs, h), (os, _)) = p.post("/", true, &body).await;
+    assert_eq!((hs, os), (500, 500), "{h}");
+    same(
+        "runner test.arg",
+        p.post(
+            "/",
+            true,
+            &json!([{"client": "runner", "fun": "test.arg", "arg": ["ok"]}]),
+        )
+        .await,
+    );
+}
+
+/// The `salt/batch/<jid>/*` events of the batches whose `arg` holds one
+/// of `markers`, in order, until each has ended: tag suffixes and data.
+async fn batch_events(sse: &mut Sse, markers: &[&str]) -> Vec<Vec<(String, Json)>> {
+    let mut out: Vec<Vec<(String, Json)>> = vec![Vec::new(); markers.len()];
+    let ended = |v: &Vec<(String, Json)>| {
+        v.last()
+            .is_some_and(|(s, _)| s == "complete" || s == "halted")
+    };
+    while !out.iter().all(ended) {
+        let ev = sse
+            .until(std::time::Duration::from_secs(60), "batch events", |e| {
+                let arg = e["data"]["state"]["arg"].to_string();
+                e["tag"]
+                    .as_str()
+                    .is_some_and(|t| t.starts_with("salt/batch/"))
+                    && markers.iter().any(|m| arg.contains(m))
+            })
+            .await;
+        let arg = ev["data"]["state"]["arg"].to_string();
+        let Some(i) = markers.iter().position(|m| arg.contains(m)) else {
+            continue;
+        };
+        let suffix = ev["tag"]
+            .as_str()
+            .unwrap()
+            .rsplit('/')
+            .next()
+            .unwrap()
+            .to_owned();
+        out[i].push((suffix, ev["data"].clone()));
+    }
+    out
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn diff_batch_events() {
+    let p = pair().await;
+    let mut sse = Sse::new(
+        p.c.get(format!("{}/events?token={}", p.h.base, p.h.token))
+            .send()
+            .await
+            .expect("GET /events"),
+    );
+    tokio::time::sleep(std::time::Duration::from_millis(500)).await;
+    let (hm, om) = (unique("batch-h-"), unique("batch-o-"));
+    let low = |m: &str| {
+        json!([with_creds(
+            json!({"client": "local_batch", "tgt": "ms-*", "fun": "test.arg",
+                                  "arg": [m], "kwarg": {"k": 1}, "batch": "2", "timeout": 60})
+        )])
+    };
+    let (hu, ou) = (format!("{}/run", p.h.base), format!("{}/run", p.o.base));
+    let (hb, ob) = (low(&hm), low(&om));
+    let ((hs, _), (os, _)) = tokio::join!(
+        post_json(&p.c, &hu, None, &hb),
+        post_json(&p.c, &ou, None, &ob),
+    );
+    assert_eq!((hs, os), (200, 200));
+    if !lab_is_3008() {
+        // 3006/3007's client fires no batch events; neither does halite.
+        let seen = sse
+            .next_frame(std::time::Duration::from_secs(3))
+            .await
+            .unwrap_or_default();
+        let all = format!("{}{seen}", sse.all);
+        assert!(
+            !all.contains("salt/batch/"),
+            "batch events on a pre-3008 master"
+        );
+        return;
+    }
+    let mut both = batch_events(&mut sse, &[&hm, &om]).await;
+    let o = both.pop().unwrap();
+    let h = both.pop().unwrap();
+    let suffixes = |v: &[(String, Json)]| v.iter().map(|(s, _)| s.clone()).collect::<Vec<_>>();
+    for (who, evs) in [("halite", &h), ("salt-api", &o)] {
+        let s = suffixes(evs);
+        assert_eq!(s.first().map(String::as_str), Some("new"), "{who}: {s:?}");
+        assert_eq!(
+            s.last().map(String::as_str),
+            Some("complete"),
+            "{who}: {s:?}"
+        );
+        assert!(
+            s[1..s.len() - 1].iter().all(|x| x == "progress") && s.len() >= 3,
+            "{who}: {s:?}"
+        );
+    }
+    let keys = |v: &Json| {
+        let mut k: Vec<String> = v.as_object().unwrap().keys().cloned().collect();
+        k.sort();
+        k
+    };
+    let (hn, on) = (&h[0].1, &o[0].1);
+    assert_eq!(keys(hn), keys(on), "event data keys");
+    assert_eq!(keys(&hn["state"]), keys(&on["state"]), "state keys");
+    let (hc, oc) = (&h.last().unwrap().1["state"], &o.last().unwrap().1["state"]);
+    for k in [
+        "batch_size",
+        "fun",
+        "kwargs",
+        "tgt",
+        "tgt_type",
+        "failhard",
+        "batch_wait",
+        "timeout",
+        "gather_job_timeout",
+        "halted",
+        "halted_reason",
+        "driver",
+        "ret",
+        "user",
+        "pending",
+        "active",
+        "failed",
+        "wait",
+    ] {
+        assert_eq!(hc[k], oc[k], "state.{k} (halite {hc}, salt-api {oc})");
+    }
+    let sorted = |v: &Json| {
+        let mut a: Vec<String> = match v {
+            Json::Array(a) => a.iter().map(|x| x.to_string()).collect(),
+            Json::Object(m) => m.keys().cloned().collect(),
+            _ => Vec::new(),
+        };
+        a.sort();
+        a
+    };
+    assert_eq!(sorted(&hc["all_minions"]), sorted(&oc["all_minions"]));
+    assert_eq!(sorted(&hc["done"]), sorted(&oc["done"]));
+    assert_eq!(hc["arg"][1], oc["arg"][1], "the kwarg map");
+    for (m, d) in hc["done"].as_object().unwrap() {
+        assert_eq!(keys(d), keys(&oc["done"][m]), "done.{m}");
+        assert_eq!(d["retcode"], json!(0));
+    }
+    assert_eq!(hn["user"], on["user"]);
 }

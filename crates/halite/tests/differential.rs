@@ -11,7 +11,7 @@
 //!   number of entries and keys: `local_subset` picks minions at random);
 //! - `sort`: the `return` list is in completion order (`local_batch`);
 //! - `expect_diff`: why halite deliberately differs from Python salt-api
-//!   (see compat-notes.md). Then only halite's own behaviour (`status`, and
+//!   (see docs/COMPATIBILITY.md). Then only halite's own behaviour (`status`, and
 //!   `message` if given) is asserted; the oracle's answer is printed.
 //!
 //! Error bodies from rest_cherrypy are HTML pages: for errors only the status
@@ -68,6 +68,14 @@ fn credentials(auth: &str, s: &Secrets) -> Map<String, Value> {
         "pam" => m = creds("pam", &s.pam_user, &s.pam_password),
         "pam_bad" => m = creds("pam", &s.pam_user, "not-the-password"),
         "limited" => m = creds("auto", "limited", "differential"),
+        "hal_no_password" => {
+            m = hal("differential");
+            m.remove("password");
+        }
+        "hal_no_username" => {
+            m = hal("differential");
+            m.remove("username");
+        }
         "eauth_unknown" => m = creds("nosuch", "hal", "differential"),
         "token" => m = tok(&s.token),
         "token_unknown" => {

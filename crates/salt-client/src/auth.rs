@@ -1,5 +1,5 @@
 //! Eauth tokens through the master: `mk_token` and `get_token`
-//! (salt-protocol §3.5.4, §5.10). halite keeps no session state: a token is
+//! (docs/PROTOCOL.md §3.5.4, §5.10). halite keeps no session state: a token is
 //! the master's own, valid on any API server in front of the same master.
 
 use std::time::Duration;

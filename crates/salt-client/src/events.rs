@@ -3,7 +3,7 @@
 //! The master publishes every event on `master_event_pub.ipc` (or
 //! `tcp_master_pub_port` with `ipc_mode: tcp`) as msgpack maps
 //! `{"head": {}, "body": <tag>\n\n<msgpack data>}`, with or without a 4-byte
-//! big-endian length prefix depending on the patch release (salt-protocol
+//! big-endian length prefix depending on the patch release (docs/PROTOCOL.md
 //! §4.2). The framing is detected from the first byte of each connection.
 //!
 //! Waiters register by jid ([`EventBus::subscribe_jid`]) or take the whole
@@ -664,7 +664,7 @@ impl EventBus {
     }
 
     /// The framing the pull side expects. A prefixed publish side means a
-    /// prefixed pull side (3006.26+); otherwise probe (salt-protocol §4.3).
+    /// prefixed pull side (3006.26+); otherwise probe (docs/PROTOCOL.md §4.3).
     async fn pull_framing(&self) -> Result<Framing> {
         let mut known = self.shared.pull_framing.lock().await;
         if let Some(f) = *known {

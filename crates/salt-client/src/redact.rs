@@ -1,9 +1,10 @@
 //! Remove secrets from anything halite logs or relays.
 //!
 //! The master itself fires the complete publish load — password, token and,
-//! from Python salt-api, the master's root key — on `salt/job/error` events;
-//! wheel `key.gen_accept` puts a new minion's private key on the bus. Every
-//! event halite forwards and every load it logs goes through [`redact`].
+//! from Python salt-api, the master's root key — on `salt/job/error` events
+//! (docs/PROTOCOL.md §7); wheel `key.gen_accept` puts a new minion's private
+//! key on the bus. Every event halite forwards and every load it logs goes
+//! through [`redact`].
 
 use serde_json::Value as Json;
 

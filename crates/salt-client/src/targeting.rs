@@ -3,7 +3,7 @@
 //! The master resolves nodegroups for its own minion list, but minions get the
 //! target unexpanded and never match, so the client must expand `nodegroup`
 //! targets and `N@` words in compound targets first, as `LocalClient._prep_pub`
-//! does with `salt.utils.minions.nodegroup_comp` (salt-protocol §5.9).
+//! does with `salt.utils.minions.nodegroup_comp` (docs/PROTOCOL.md §5.9).
 
 use std::collections::HashSet;
 
@@ -150,10 +150,10 @@ mod tests {
 
     #[test]
     fn matches_the_wire_observed_in_the_labs() {
-        // p04: first_two: 'L@ms-0,ms-1' -> tgt "L@ms-0,ms-1", compound
+        // Seen on the wire from real masters: first_two: 'L@ms-0,ms-1' -> tgt "L@ms-0,ms-1", compound
         let (t, tt) = expand(&json!("first_two"), "nodegroup", &groups(), "m").expect("ok");
         assert_eq!((t, tt.as_str()), (json!("L@ms-0,ms-1"), "compound"));
-        // p04: "N@first_two or ms-0" -> "L@ms-0,ms-1 or ms-0"
+        // and "N@first_two or ms-0" -> "L@ms-0,ms-1 or ms-0"
         let (t, _) = expand(&json!("N@first_two or ms-0"), "compound", &groups(), "m").expect("ok");
         assert_eq!(t, json!("L@ms-0,ms-1 or ms-0"));
     }

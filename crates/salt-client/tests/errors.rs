@@ -40,7 +40,7 @@ async fn auto_eauth_unknown_user_is_rejected() {
     let (_lab, n) = netapi().await;
     // The `auto` backend accepts any name, so for a publish the master finds
     // no ACL entry and answers AuthorizationError; runner and wheel calls
-    // answer EauthAuthenticationError (the master's replies, salt-protocol §3.5).
+    // answer EauthAuthenticationError (the master's replies, docs/PROTOCOL.md §3.5).
     // (wheel_async answers {jid, tag} before the master is asked, as
     // NetapiClient's forked wheel_async does.)
     let creds = json!({"eauth": "auto", "username": "nobody-here", "password": "x"});

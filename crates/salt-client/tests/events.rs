@@ -164,6 +164,9 @@ async fn raw_event_with_bytes_integer_keys_and_big_ints_converts_like_salt() {
             match rx.recv().await {
                 Ok(e) if e.tag == tag => return true,
                 Ok(_) => continue,
+                Err(tokio::sync::broadcast::error::RecvError::Lagged(k)) => {
+                    panic!("the receiver lagged by {k} events: cannot tell")
+                }
                 Err(_) => return false,
             }
         }

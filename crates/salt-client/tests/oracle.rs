@@ -78,6 +78,14 @@ async fn local_full_return_matches_salt_api_apart_from_jid() {
     let (lab, n) = netapi().await;
     let l = json!({"client": "local", "tgt": "*", "fun": "test.echo", "arg": ["same"], "full_return": true});
     let (mut ours, mut theirs) = both(&lab, &n, l).await;
+    assert_eq!(
+        ours.as_object().map(|m| m.len()),
+        Some(lab.minions.len()),
+        "{ours}"
+    );
+    for id in &lab.minions {
+        assert_eq!(ours[id]["ret"], json!("same"), "{ours}");
+    }
     for v in [&mut ours, &mut theirs] {
         for (_, m) in v.as_object_mut().expect("map").iter_mut() {
             m.as_object_mut()

@@ -46,10 +46,9 @@ async fn auto_token_round_trip() {
     );
     assert_eq!(token["name"], json!("saltdev"));
     assert_eq!(token["eauth"], json!("auto"));
-    assert!(
-        token["expire"].as_f64() > token["start"].as_f64(),
-        "{token:?}"
-    );
+    let start = token["start"].as_f64().expect("start is a number");
+    let expire = token["expire"].as_f64().expect("expire is a number");
+    assert!(expire > start, "{token:?}");
 
     let record = get_token(m, &text)
         .await
@@ -59,7 +58,7 @@ async fn auto_token_round_trip() {
     assert_eq!(record["name"], json!("saltdev"));
     assert_eq!(record["expire"], token["expire"]);
 
-    let perms = permissions(&m.config().external_auth(), &record);
+    let perms = permissions(m.config().external_auth(), &record);
     assert!(perms.contains(&json!("@runner")), "{perms:?}");
 
     token_works_everywhere(&n, &text, &lab.all(json!(true))).await;

@@ -3,8 +3,10 @@
 //! the credentials (`X-Auth-Token`, `Cookie`, `Authorization`), which
 //! salt-api copies into the event for every bus reader to see.
 
+use std::net::{IpAddr, SocketAddr};
+
 use axum::body::Body;
-use axum::extract::{Path, State};
+use axum::extract::{ConnectInfo, Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use serde_json::{json, Map, Value as Json};
@@ -39,8 +41,11 @@ fn title_case(name: &str) -> String {
         .join("-")
 }
 
-/// The headers put into the event.
-pub fn event_headers(headers: &HeaderMap) -> Map<String, Json> {
+/// The headers put into the event, plus `Remote-Addr`: the caller's
+/// address, which CherryPy adds to every request's headers and reactors
+/// read to tell who called. A `Remote-Addr` header sent by the caller is
+/// replaced by the address the connection came from.
+pub fn event_headers(headers: &HeaderMap, peer: IpAddr) -> Map<String, Json> {
     let mut out = Map::new();
     for (name, value) in headers {
         if CREDENTIAL_HEADERS.contains(&name.as_str()) {
@@ -51,12 +56,18 @@ pub fn event_headers(headers: &HeaderMap) -> Map<String, Json> {
             json!(String::from_utf8_lossy(value.as_bytes())),
         );
     }
+    let peer = match peer {
+        IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(peer),
+        v4 => v4,
+    };
+    out.insert("Remote-Addr".into(), json!(peer.to_string()));
     out
 }
 
 /// `POST /hook[/<path>]`.
 pub async fn hook(
     State(state): State<CpState>,
+    ConnectInfo(peer): ConnectInfo<SocketAddr>,
     fmt: Format,
     path: Option<Path<String>>,
     headers: HeaderMap,
@@ -81,7 +92,7 @@ pub async fn hook(
             Some(Json::Null) | None => json!({}),
             Some(v) => v,
         };
-        let data = json!({"body": parsed.raw, "post": post, "headers": event_headers(&headers)});
+        let data = json!({"body": parsed.raw, "post": post, "headers": event_headers(&headers, peer.ip())});
         // The bus's pull socket is local, but a stuck master must not hold
         // the request (and its body) forever.
         tokio::time::timeout(FIRE_TIMEOUT, master.bus().fire(&tag, &data))
@@ -110,8 +121,10 @@ mod tests {
         h.insert("cookie", HeaderValue::from_static("session_id=secret"));
         h.insert("content-type", HeaderValue::from_static("application/json"));
         h.insert("x-my-header", HeaderValue::from_static("v"));
-        let out = event_headers(&h);
+        h.insert("remote-addr", HeaderValue::from_static("10.9.9.9"));
+        let out = event_headers(&h, IpAddr::from([192, 0, 2, 7]));
         assert_eq!(out.get("Content-Type"), Some(&json!("application/json")));
+        assert_eq!(out.get("Remote-Addr"), Some(&json!("192.0.2.7")));
         assert_eq!(out.get("X-My-Header"), Some(&json!("v")));
         assert!(!Json::Object(out).to_string().contains("secret"));
     }

@@ -2,7 +2,7 @@
 //!
 //! `/login` mints a token with the master's `mk_token` and returns the
 //! master's token itself (Python salt-api returns a CherryPy session id that
-//! no other server understands; see compat-notes). The same fields as
+//! no other server understands; see docs/COMPATIBILITY.md). The same fields as
 //! salt-api: `token`, `start`, `expire`, `user`, `eauth`, `perms`.
 
 use std::net::SocketAddr;
@@ -59,6 +59,15 @@ pub async fn login_post(
         let creds = creds_of(parsed.data)?;
         let field = |k: &str| creds.get(k).and_then(Json::as_str).unwrap_or("").to_owned();
         let (eauth, username, password) = (field("eauth"), field("username"), field("password"));
+        // salt-api hands the credentials to the master, whose eauth call
+        // fails without a username or a password: 401, never a token for
+        // a user nobody named (the `auto` backend would accept "").
+        let given = |k: &str| matches!(creds.get(k), Some(Json::String(_)));
+        if !given("username") || !given("password") {
+            return Err(ApiError::unauthorized(
+                "Could not authenticate using provided credentials",
+            ));
+        }
         let attempt = Throttle::global()
             .begin(&username, &password, Some(peer.ip()))
             .map_err(|t| ApiError::new(StatusCode::TOO_MANY_REQUESTS, throttle::message(t)))?;
@@ -77,7 +86,7 @@ pub async fn login_post(
             }
         };
         attempt.succeeded();
-        let perms = auth::permissions(&master.config().external_auth(), &token);
+        let perms = auth::permissions(master.config().external_auth(), &token);
         let value = |k: &str| token.get(k).cloned().unwrap_or(Json::Null);
         let t = value("token").as_str().unwrap_or_default().to_owned();
         let expire = value("expire");
@@ -98,10 +107,7 @@ pub async fn login_post(
             if let Ok(v) = HeaderValue::from_str(&token) {
                 h.insert("x-auth-token", v);
             }
-            let expires = chrono::DateTime::from_timestamp(expire as i64, 0)
-                .map(|d| d.format("%a, %d %b %Y %H:%M:%S GMT").to_string())
-                .unwrap_or_default();
-            if let Some(v) = session::session_cookie(&token, &expires, state.opts.tls) {
+            if let Some(v) = session::session_cookie(&token, expire, state.opts.tls) {
                 h.insert(header::SET_COOKIE, v);
             }
             resp
@@ -127,7 +133,7 @@ pub async fn logout(State(state): State<CpState>, fmt: Format, headers: HeaderMa
     match r.await {
         Ok(v) => {
             let mut resp = fmt.ok(&v);
-            if let Some(v) = session::session_cookie("", "Thu, 01 Jan 1970 00:00:00 GMT", secure) {
+            if let Some(v) = session::session_cookie("", 0.0, secure) {
                 resp.headers_mut().insert(header::SET_COOKIE, v);
             }
             resp
@@ -137,7 +143,7 @@ pub async fn logout(State(state): State<CpState>, fmt: Format, headers: HeaderMa
 }
 
 /// Remove a token from the master's token store. There is no clear command
-/// for it (salt-protocol §3.5.4): salt-api deletes it in-process from the
+/// for it (docs/PROTOCOL.md §3.5.4): salt-api deletes it in-process from the
 /// store on disk, and so does halite (it runs on the master host as the
 /// master user), then checks with `get_token`; the `auth.del_token` runner
 /// is the fallback for a store halite cannot reach (works on 3006/3007).

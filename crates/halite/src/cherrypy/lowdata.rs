@@ -19,7 +19,7 @@ pub async fn parse(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<format::Parsed, ApiError> {
-    let bytes = crate::read_body(body, state.app.limits.max_body).await?;
+    let bytes = crate::body::read_body(body, state.app.limits.max_body).await?;
     format::parse_body(headers, &bytes)
 }
 

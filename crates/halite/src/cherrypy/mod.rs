@@ -27,7 +27,7 @@ use serde_json::json;
 use tower::ServiceExt;
 
 use crate::settings::CherrypyOptions;
-use crate::AppState;
+use crate::state::AppState;
 pub use format::Format;
 
 /// State of the rest_cherrypy surface.
@@ -99,7 +99,8 @@ pub fn router(app: AppState, opts: CherrypyOptions) -> Router {
         .method_not_allowed_fallback(method_not_allowed)
         .fallback(not_found)
         .with_state(state.clone())
-        .merge(crate::metrics::routes().with_state(app))
+        .merge(crate::health::routes().with_state(app))
+        .layer(middleware::from_fn(private_cache))
         .layer(middleware::from_fn_with_state(state.clone(), html_override))
         .layer(middleware::from_fn(cookie_needs_proof))
         .layer(middleware::from_fn_with_state(state.clone(), cors))
@@ -159,6 +160,27 @@ async fn stats(
             "job_waiters": master.bus().waiting_jids(),
         }
     }))
+}
+
+/// `Cache-Control: private` on every reply to a request that carried a
+/// session (token header, `session_id` cookie or `?token=`) and on every
+/// reply that sets the session cookie, as CherryPy's session tool marks
+/// them: a shared cache in front of halite must not hand one user's answer
+/// to another. A reply that chose its own `Cache-Control` keeps it.
+async fn private_cache(req: Request, next: Next) -> Response {
+    let query_token = req.uri().query().is_some_and(|q| {
+        q.split('&')
+            .any(|kv| kv.starts_with("token=") || kv.starts_with("salt_token="))
+    });
+    let with_session = query_token || session::request_token(req.headers()).is_some();
+    let mut resp = next.run(req).await;
+    let h = resp.headers_mut();
+    if (with_session || h.contains_key(header::SET_COOKIE))
+        && !h.contains_key(header::CACHE_CONTROL)
+    {
+        h.insert(header::CACHE_CONTROL, HeaderValue::from_static("private"));
+    }
+    resp
 }
 
 /// Whether `origin` may make credentialed cross-origin requests: only

@@ -25,17 +25,6 @@ pub fn request_token(headers: &HeaderMap) -> Option<String> {
     cookie(headers, "session_id")
 }
 
-/// The `Set-Cookie` value of a session: `HttpOnly` (scripts cannot read the
-/// token), `SameSite=Strict` (other sites' pages do not send it), `Secure`
-/// under TLS. An empty token with an expiry in the past clears it.
-pub fn session_cookie(token: &str, expires: &str, secure: bool) -> Option<HeaderValue> {
-    let secure = if secure { "; Secure" } else { "" };
-    HeaderValue::from_str(&format!(
-        "session_id={token}; expires={expires}; Path=/; HttpOnly; SameSite=Strict{secure}"
-    ))
-    .ok()
-}
-
 /// A cookie value by name.
 pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
     headers
@@ -47,6 +36,33 @@ pub fn cookie(headers: &HeaderMap, name: &str) -> Option<String> {
         .find(|(k, _)| *k == name)
         .map(|(_, v)| v.trim_matches('"').to_owned())
         .filter(|v| !v.is_empty())
+}
+
+/// The `Set-Cookie` value of the `session_id` cookie for `token`, valid
+/// until `expire` (Unix time, the token's own expiry): `expires`, `Max-Age`
+/// (the remaining lifetime) and `Path=/`, as CherryPy's session tool sends
+/// it; and, unlike salt-api, `HttpOnly` (scripts cannot read the token),
+/// `SameSite=Strict` (other sites' pages do not send it) and `Secure` under
+/// TLS. An empty `token` (logout) gives a cookie that is already expired.
+/// Every `session_id` cookie halite sends is built here.
+pub fn session_cookie(token: &str, expire: f64, secure: bool) -> Option<HeaderValue> {
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0);
+    let (expire, max_age) = if token.is_empty() || !expire.is_finite() {
+        (0, 0)
+    } else {
+        (expire as i64, (expire - now).max(0.0) as i64)
+    };
+    let expires = chrono::DateTime::from_timestamp(expire, 0)
+        .unwrap_or_default()
+        .format("%a, %d %b %Y %H:%M:%S GMT");
+    let secure = if secure { "; Secure" } else { "" };
+    HeaderValue::from_str(&format!(
+        "session_id={token}; expires={expires}; Max-Age={max_age}; Path=/; HttpOnly; SameSite=Strict{secure}"
+    ))
+    .ok()
 }
 
 /// The session token or 401 (rest_cherrypy's `salt_auth` tool). The token
@@ -91,6 +107,37 @@ mod tests {
     use super::*;
 
     #[test]
+    fn cookie_carries_the_remaining_lifetime() {
+        let now = std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .expect("clock")
+            .as_secs_f64();
+        let v = session_cookie("cafe", now + 3600.0, false).expect("a header value");
+        let v = v.to_str().expect("ascii");
+        assert!(v.starts_with("session_id=cafe; expires="), "{v}");
+        assert!(v.ends_with("; Path=/; HttpOnly; SameSite=Strict"), "{v}");
+        let tls = session_cookie("cafe", now + 3600.0, true).expect("a header value");
+        assert!(
+            tls.to_str().expect("ascii").ends_with("; Secure"),
+            "{tls:?}"
+        );
+        let max_age: i64 = v
+            .split("Max-Age=")
+            .nth(1)
+            .and_then(|r| r.split(';').next())
+            .and_then(|n| n.parse().ok())
+            .expect("Max-Age");
+        assert!((3590..=3600).contains(&max_age), "{v}");
+        let gone = session_cookie("", 0.0, false).expect("a header value");
+        assert_eq!(
+            gone,
+            "session_id=; expires=Thu, 01 Jan 1970 00:00:00 GMT; Max-Age=0; Path=/; HttpOnly; SameSite=Strict"
+        );
+        // A token with a byte a header cannot carry gives no cookie.
+        assert!(session_cookie("a\nb", now + 1.0, false).is_none());
+    }
+
+    #[test]
     fn header_wins_over_cookie() {
         let mut h = HeaderMap::new();
         h.insert("cookie", HeaderValue::from_static("a=b; session_id=cafe"));
@@ -101,14 +148,14 @@ mod tests {
 
     #[test]
     fn session_cookie_flags() {
-        let plain = session_cookie("cafe", "Thu, 01 Jan 2099 00:00:00 GMT", false).expect("cookie");
+        let plain = session_cookie("cafe", 4_102_444_800.0, false).expect("cookie");
         let plain = plain.to_str().expect("text");
         assert!(plain.starts_with("session_id=cafe;"));
         assert!(plain.contains("; HttpOnly") && plain.contains("; SameSite=Strict"));
         assert!(!plain.contains("Secure"));
-        let tls = session_cookie("cafe", "x", true).expect("cookie");
+        let tls = session_cookie("cafe", 4_102_444_800.0, true).expect("cookie");
         assert!(tls.to_str().expect("text").ends_with("; Secure"));
         // A token cannot inject attributes.
-        assert!(session_cookie("a\r\nSet-Cookie: x=y", "x", false).is_none());
+        assert!(session_cookie("a\r\nSet-Cookie: x=y", 0.0, false).is_none());
     }
 }

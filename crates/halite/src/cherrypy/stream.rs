@@ -32,7 +32,7 @@ fn filter_for(state: &CpState, token: &auth::Token) -> Option<EventFilter> {
     }
     let master = state.app.netapi.master();
     let user = token.get("name").and_then(Json::as_str).unwrap_or("");
-    let perms = auth::permissions(&master.config().external_auth(), token);
+    let perms = auth::permissions(master.config().external_auth(), token);
     Some(EventFilter::new(user, Acl::new(perms)))
 }
 

@@ -52,6 +52,7 @@ pub fn lab() -> Lab {
         .split_whitespace()
         .map(str::to_owned)
         .collect();
+    assert!(!minions.is_empty(), "$SALT_LAB_MINIONS lists no minion");
     minions.sort();
     let lab = Lab {
         master_config: PathBuf::from(env_var("SALT_MASTER_CONFIG")),

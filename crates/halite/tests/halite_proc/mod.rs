@@ -79,7 +79,7 @@ impl Halite {
             .arg("--config")
             .arg(&config)
             .env_remove("SALT_MASTER_CONFIG")
-            .env("RUST_LOG", "info")
+            .env("HALITE_LOG", "info")
             .stdin(Stdio::null())
             .stdout(out.try_clone().unwrap())
             .stderr(out)

@@ -3,10 +3,17 @@
 //! Ping the target, then run the job on at most `batch` minions at a time
 //! (a count or a percentage of the responders), refilling a slot when a
 //! minion returns (after `batch_wait` seconds). Each sub-batch is its own
-//! publish with a fresh jid, as 3006/3007 do (3008 reuses one batch jid and
-//! fires `salt/batch/*` progress events; the returns are the same). The
-//! result is one `{minion: return}` map per return, in completion order,
-//! which HTTP surfaces splice into their `return` list.
+//! publish with a fresh jid, as 3006/3007 do (3008's client publishes every
+//! sub-batch under one batch jid; the returns are the same). The result is
+//! one `{minion: return}` map per return, in completion order, which HTTP
+//! surfaces splice into their `return` list.
+//!
+//! With a Salt 3008 master the batch is also announced on the event bus as
+//! 3008's `salt.cli.batch.Batch` announces it: `salt/batch/<jid>/new`, a
+//! `salt/batch/<jid>/progress` at every change, and `salt/batch/<jid>/complete`
+//! (or `/halted` after a `failhard` stop), each carrying the whole batch
+//! state ([`BatchState`]); the master's batch manager keeps it for the
+//! `batch.status` and `batch.list_active` runners, and UIs watch it.
 
 use serde_json::{json, Map, Value as Json};
 use tokio::sync::mpsc;
@@ -21,8 +28,18 @@ use crate::master::Master;
 const BATCH_KEYS: [&str; 5] = ["batch", "batch_wait", "client", "failhard", "raw"];
 
 enum Msg {
-    Return(String, Json, bool),
+    /// A minion's value for the result, whether it trips `failhard`, and
+    /// how the batch state records it.
+    Return(String, Json, bool, Record),
     SlotFree,
+}
+
+/// How a finished minion is recorded in the batch state.
+enum Record {
+    /// It returned: `{ret, retcode, jid[, out]}`.
+    Done(Json),
+    /// It did not (`"timeout"`) or was not targeted (`"failed"`).
+    Failed(&'static str),
 }
 
 /// Run a batch job.
@@ -53,6 +70,12 @@ pub async fn local_batch(master: &Master, low: Lowstate) -> Result<Vec<Json>> {
         return Ok(Vec::new());
     }
     let size = batch_size(&batch, responders.len())?;
+    // The ping told which release the master is (its event stamps).
+    let mut state = (master.bus().stamps_have_offset() == Some(true))
+        .then(|| BatchState::new(master, &job, &responders, size, batch_wait, failhard));
+    if let Some(st) = &state {
+        st.fire(master, "new").await;
+    }
 
     // 2. Slots.
     job.kwargs.insert("raw".into(), json!(false));
@@ -66,6 +89,10 @@ pub async fn local_batch(master: &Master, low: Lowstate) -> Result<Vec<Json>> {
         if !stop && active < size {
             let chunk: Vec<String> = queue.by_ref().take(size - active).collect();
             if !chunk.is_empty() {
+                if let Some(st) = &mut state {
+                    st.dispatch(&chunk);
+                    st.fire(master, "progress").await;
+                }
                 active += chunk.len();
                 let mut sub_job = job.clone();
                 sub_job.tgt = Json::Array(chunk.into_iter().map(Json::String).collect());
@@ -77,7 +104,11 @@ pub async fn local_batch(master: &Master, low: Lowstate) -> Result<Vec<Json>> {
             break;
         }
         match rx.recv().await {
-            Some(Msg::Return(id, value, failed)) => {
+            Some(Msg::Return(id, value, failed, record)) => {
+                if let Some(st) = &mut state {
+                    st.finish(&id, record, failed && failhard);
+                    st.fire(master, "progress").await;
+                }
                 let mut m = Map::new();
                 m.insert(id, value);
                 out.push(Json::Object(m));
@@ -94,9 +125,18 @@ pub async fn local_batch(master: &Master, low: Lowstate) -> Result<Vec<Json>> {
                     active -= 1;
                 }
             }
-            Some(Msg::SlotFree) => active -= 1,
+            Some(Msg::SlotFree) => {
+                if let Some(st) = &mut state {
+                    st.slot_free();
+                }
+                active -= 1
+            }
             None => break,
         }
+    }
+    if let Some(st) = &state {
+        let end = if st.halted() { "halted" } else { "complete" };
+        st.fire(master, end).await;
     }
     Ok(out)
 }
@@ -118,7 +158,14 @@ async fn run_sub_batch(master: Master, job: LocalJob, tx: mpsc::Sender<Msg>) {
         Ok(r) => r,
         Err(e) => {
             for id in targets {
-                let _ = tx.send(Msg::Return(id, json!(e.to_string()), true)).await;
+                let _ = tx
+                    .send(Msg::Return(
+                        id,
+                        json!(e.to_string()),
+                        true,
+                        Record::Failed("failed"),
+                    ))
+                    .await;
             }
             return;
         }
@@ -129,10 +176,24 @@ async fn run_sub_batch(master: Master, job: LocalJob, tx: mpsc::Sender<Msg>) {
         .collect(&master, sub, &reply, |id, data| {
             let failed = data.get("retcode").and_then(Json::as_i64).unwrap_or(0) != 0
                 || data.get("success") == Some(&Json::Bool(false));
+            let mut done = Map::new();
+            done.insert(
+                "ret".into(),
+                data.get("return").cloned().unwrap_or(Json::Null),
+            );
+            done.insert(
+                "retcode".into(),
+                data.get("retcode").cloned().unwrap_or(json!(0)),
+            );
+            done.insert("jid".into(), json!(reply.jid));
+            if let Some(o) = data.get("out") {
+                done.insert("out".into(), o.clone());
+            }
             let _ = tx.try_send(Msg::Return(
                 id.to_owned(),
                 job.shape(data, &reply.jid),
                 failed,
+                Record::Done(Json::Object(done)),
             ));
         })
         .await;
@@ -143,6 +204,7 @@ async fn run_sub_batch(master: Master, job: LocalJob, tx: mpsc::Sender<Msg>) {
                 id,
                 job.no_return_value(&master, &reply.jid, missing),
                 true,
+                Record::Failed("timeout"),
             ))
             .await;
     }
@@ -151,8 +213,184 @@ async fn run_sub_batch(master: Master, job: LocalJob, tx: mpsc::Sender<Msg>) {
         reply.minions.iter().chain(reply.missing.iter()).collect();
     for id in targets.iter().filter(|t| !seen.contains(t)) {
         let _ = tx
-            .send(Msg::Return(id.clone(), Json::Bool(false), true))
+            .send(Msg::Return(
+                id.clone(),
+                Json::Bool(false),
+                true,
+                Record::Failed("failed"),
+            ))
             .await;
+    }
+}
+
+/// Unix time in seconds, as Python's `time.time()`.
+fn now() -> f64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+/// A number as Python would have it: whole numbers as integers.
+fn num(x: f64) -> Json {
+    if x.fract() == 0.0 && x.abs() < 1e15 {
+        json!(x as i64)
+    } else {
+        json!(x)
+    }
+}
+
+/// The batch state Salt 3008 ships in its `salt/batch/<jid>/*` events
+/// (`salt.utils.batch_state.create_batch_state`, driver `cli`): `pending`
+/// minions, `active` ones with their dispatch time, `done` ones with their
+/// return, `failed` ones with the reason, `wait` (the end times of
+/// `batch_wait` pauses), and the job's parameters.
+pub struct BatchState {
+    jid: String,
+    all_minions: Vec<String>,
+    pending: Vec<String>,
+    active: Map<String, Json>,
+    done: Map<String, Json>,
+    failed: Map<String, Json>,
+    wait: Vec<f64>,
+    batch_size: usize,
+    fun: Json,
+    arg: Vec<Json>,
+    tgt: Json,
+    tgt_type: String,
+    failhard: bool,
+    batch_wait: f64,
+    timeout: f64,
+    gather_job_timeout: f64,
+    created: f64,
+    last_progress: f64,
+    halted: bool,
+    ret: String,
+    user: String,
+}
+
+impl BatchState {
+    fn new(
+        master: &Master,
+        job: &LocalJob,
+        minions: &[String],
+        size: usize,
+        batch_wait: f64,
+        failhard: bool,
+    ) -> BatchState {
+        let t = now();
+        // `condition_input(arg, kwarg)`, as the job publishes it: the
+        // caller's `kwarg` rides along as a trailing `{"__kwarg__": true}`
+        // map. (The publish's other keyword arguments carry the
+        // credentials; they never go into an event.)
+        let arg = job.arg.clone();
+        let user = master.config().user();
+        BatchState {
+            jid: master.new_jid(),
+            all_minions: minions.to_vec(),
+            pending: minions.to_vec(),
+            active: Map::new(),
+            done: Map::new(),
+            failed: Map::new(),
+            wait: Vec::new(),
+            batch_size: size,
+            fun: job.fun.clone(),
+            arg,
+            tgt: job.tgt.clone(),
+            tgt_type: job.tgt_type.clone(),
+            failhard,
+            batch_wait: batch_wait.trunc(),
+            timeout: job.timeout,
+            gather_job_timeout: job.gather_job_timeout,
+            created: t,
+            last_progress: t,
+            halted: false,
+            ret: job.ret.clone(),
+            user: if user.is_empty() { "root".into() } else { user },
+        }
+    }
+
+    /// Minions moved from `pending` to `active`.
+    fn dispatch(&mut self, minions: &[String]) {
+        let t = now();
+        self.pending.retain(|m| !minions.contains(m));
+        for m in minions {
+            self.active.insert(m.clone(), json!(t));
+        }
+        self.last_progress = t;
+    }
+
+    /// A minion finished; `halt` when it trips `failhard`.
+    fn finish(&mut self, id: &str, record: Record, halt: bool) {
+        let t = now();
+        self.active.remove(id);
+        match record {
+            Record::Done(v) => self.done.insert(id.to_owned(), v),
+            Record::Failed(why) => self.failed.insert(id.to_owned(), json!(why)),
+        };
+        if self.batch_wait > 0.0 {
+            self.wait.push(t + self.batch_wait);
+        }
+        self.halted |= halt;
+        self.last_progress = t;
+    }
+
+    /// A `batch_wait` pause ended.
+    fn slot_free(&mut self) {
+        if !self.wait.is_empty() {
+            self.wait.remove(0);
+        }
+    }
+
+    fn halted(&self) -> bool {
+        self.halted
+    }
+
+    /// The event data: `batch_output.state_payload`.
+    pub fn payload(&self) -> Json {
+        let user = json!(self.user);
+        json!({
+            "jid": self.jid,
+            "fun": self.fun,
+            "tgt": self.tgt,
+            "tgt_type": self.tgt_type,
+            "user": user,
+            "driver": "cli",
+            "state": {
+                "jid": self.jid,
+                "all_minions": self.all_minions,
+                "pending": self.pending,
+                "active": self.active,
+                "done": self.done,
+                "failed": self.failed,
+                "wait": self.wait,
+                "batch_size": self.batch_size,
+                "fun": self.fun,
+                "arg": self.arg,
+                "kwargs": {},
+                "tgt": self.tgt,
+                "tgt_type": self.tgt_type,
+                "failhard": self.failhard,
+                "batch_wait": num(self.batch_wait),
+                "timeout": num(self.timeout),
+                "gather_job_timeout": num(self.gather_job_timeout),
+                "last_progress": self.last_progress,
+                "created": self.created,
+                "halted": self.halted,
+                "halted_reason": if self.halted { json!("failhard") } else { Json::Null },
+                "driver": "cli",
+                "ret": self.ret,
+                "user": user,
+            },
+        })
+    }
+
+    /// Fire `salt/batch/<jid>/<what>`; best effort, as in Salt.
+    async fn fire(&self, master: &Master, what: &str) {
+        let tag = format!("salt/batch/{}/{what}", self.jid);
+        if let Err(e) = master.bus().fire(&tag, &self.payload()).await {
+            tracing::debug!(error = %e, tag, "cannot fire a batch event");
+        }
     }
 }
 

@@ -1,6 +1,6 @@
 //! `local` and `local_async`: publish a job to minions and (for `local`) wait
 //! for their returns as `LocalClient.cmd` does, probing minions that are still
-//! running with `saltutil.find_job` (salt-protocol §5.2, §5.3).
+//! running with `saltutil.find_job` (docs/PROTOCOL.md §5.2, §5.3).
 
 use std::collections::HashSet;
 use std::time::Duration;
@@ -91,7 +91,7 @@ impl LocalJob {
             Some(_) => return Err(SaltError::Invocation("'tgt_type' must be a string".into())),
         };
         let conf_file = config.path().display().to_string();
-        let (tgt, tgt_type) = targeting::expand(&tgt, &tgt_type, &config.nodegroups(), &conf_file)?;
+        let (tgt, tgt_type) = targeting::expand(&tgt, &tgt_type, config.nodegroups(), &conf_file)?;
         let mut arg = condition_args(arg_list(low));
         let kwarg = kwarg_map(low)?;
         if !kwarg.is_empty() {

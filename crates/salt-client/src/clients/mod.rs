@@ -4,7 +4,7 @@
 //! Salt's `NetapiClient` returns it.
 //!
 //! [`Netapi::run`] performs NetapiClient's pre-checks in the same order
-//! (salt-protocol §5.1) and dispatches on `client`.
+//! (docs/PROTOCOL.md §5.1) and dispatches on `client`.
 
 mod batch;
 mod local;
@@ -92,6 +92,21 @@ impl Netapi {
             return Err(SaltError::Authentication(
                 "No authentication credentials given".into(),
             ));
+        }
+        // Every eauth backend is called with a username and a password;
+        // without one the master's eauth call raises (3006 answers with an
+        // exception, 3008 with an authentication error). Either way the
+        // caller failed to authenticate.
+        if !low.contains_key("token")
+            && (!low.contains_key("username") || !low.contains_key("password"))
+        {
+            let user = low
+                .get("username")
+                .and_then(Json::as_str)
+                .unwrap_or("UNKNOWN");
+            return Err(SaltError::Authentication(format!(
+                "Authentication failure of type \"eauth\" occurred for user {user}."
+            )));
         }
         if truthy(low.get("raw_shell")) && !config.netapi_allow_raw_shell() {
             return Err(SaltError::Authentication(

@@ -1,5 +1,5 @@
 //! `runner` and `runner_async`: `RunnerClient.cmd_sync` / `cmd_async`
-//! (salt-protocol §3.5.2, §5.6).
+//! (docs/PROTOCOL.md §3.5.2, §5.6).
 //!
 //! The lowstate is reshaped as `RunnerClient._reformat_low` does:
 //! credentials to the top level, `k=v` strings of `arg` and every leftover
@@ -8,6 +8,8 @@
 //! salt-api also drops keyword arguments the runner does not accept, by
 //! importing the runner locally; halite cannot, so the master reports them.
 
+use std::collections::{HashMap, HashSet};
+use std::sync::{LazyLock, Mutex};
 use std::time::Duration;
 
 use regex::Regex;
@@ -19,7 +21,7 @@ use crate::error::{Result, SaltError};
 use crate::master::Master;
 use crate::value;
 
-/// Keys moved to the top level of the load (never `key`: see salt-protocol §7).
+/// Keys moved to the top level of the load (never `key`: see docs/PROTOCOL.md §7).
 const TOP_LEVEL: [&str; 6] = ["username", "password", "eauth", "token", "client", "user"];
 /// Keys NetapiClient.runner consumes before `_reformat_low`.
 const CONSUMED: [&str; 5] = ["fun", "arg", "kwarg", "timeout", "full_return"];
@@ -58,8 +60,8 @@ pub fn runner_load(low: &Lowstate) -> Result<Json> {
 
 /// `name=value` (Salt's `kwarg_regex`). Compiled once: building a Unicode
 /// regex costs about a millisecond, more than the rest of a runner call.
-static KWARG_RE: std::sync::LazyLock<Regex> =
-    std::sync::LazyLock::new(|| Regex::new(r"(?s)^([^\W\d]\w*)=(.*)$").expect("static regex"));
+static KWARG_RE: LazyLock<Regex> =
+    LazyLock::new(|| Regex::new(r"(?s)^([^\W\d]\w*)=(.*)$").expect("static regex"));
 
 /// `salt.utils.args.parse_input(args, condition=False)`: `name=value`
 /// strings and `{"__kwarg__": true, ...}` maps become keyword arguments.
@@ -96,18 +98,44 @@ pub fn yamlify_arg(text: &str) -> Json {
     }
 }
 
-/// `runner_async`: start the runner and return `{jid, tag}`.
+/// `runner_async`: start the runner and return `{jid, tag}`. A function
+/// the master does not have is `'<fun>' is not available.` (500), as with
+/// Python salt-api, which checks the name before it starts the job; halite
+/// checks it once the master has accepted the credentials (the job the
+/// master started for it ends at once without doing anything).
 pub async fn runner_async(master: &Master, low: Lowstate) -> Result<Json> {
     let load = runner_load(&low)?;
     let reply = master.request(value::from_json(&load), secs(60.0)).await?;
+    let fun = load["fun"].as_str().unwrap_or_default();
+    if RunnerFunctions::is_known(master, &load, fun).await == Some(false) {
+        return Err(not_available(fun));
+    }
     Ok(value::to_json(&reply))
 }
 
 /// `runner`: start the runner and wait for `salt/run/<jid>/ret`.
+///
+/// A function the master does not have fails as Python salt-api fails it,
+/// with `'<fun>' is not available.` (500), and at once: the master's reply
+/// to an unknown function differs by release (3006/3007 return a traceback
+/// as the job's return, 3008 fires no event at all), so halite recognises
+/// the traceback and also checks the name against the master's function
+/// list ([`RunnerFunctions`]) while it waits.
 pub async fn runner(master: &Master, low: Lowstate) -> Result<Json> {
     let load = runner_load(&low)?;
     let limit = seconds(low.get("timeout")).unwrap_or_else(|| master.config().rest_timeout());
     let full_return = truthy(low.get("full_return"));
+    run_sync(master, load, limit, full_return, true).await
+}
+
+async fn run_sync(
+    master: &Master,
+    load: Json,
+    limit: f64,
+    full_return: bool,
+    check_fun: bool,
+) -> Result<Json> {
+    let fun = load["fun"].as_str().unwrap_or_default().to_owned();
     master.wait_ready(Duration::from_secs(5)).await?;
     let started = Instant::now();
     // The start request itself is answered at once by a healthy master; it
@@ -132,6 +160,15 @@ pub async fn runner(master: &Master, low: Lowstate) -> Result<Json> {
     let deadline = started + secs(limit);
     let guard = started + START_GUARD;
     let mut announced = false;
+    // The credentials were accepted (the master answered with a jid), so
+    // they may be used to learn the function list if the name is new.
+    let check = async {
+        if check_fun && RunnerFunctions::is_known(master, &load, &fun).await == Some(false) {
+            return;
+        }
+        std::future::pending::<()>().await
+    };
+    tokio::pin!(check);
     loop {
         let wake = if announced {
             deadline
@@ -142,6 +179,9 @@ pub async fn runner(master: &Master, low: Lowstate) -> Result<Json> {
             ev = sub.recv() => match ev {
                 Some(ev) if ev.tag == ret_tag => {
                     let data = ev.data().clone();
+                    if let Some(e) = unavailable_function(&fun, &data) {
+                        return Err(e);
+                    }
                     return Ok(if full_return {
                         json!({"tag": ret_tag, "data": data})
                     } else {
@@ -151,12 +191,11 @@ pub async fn runner(master: &Master, low: Lowstate) -> Result<Json> {
                 Some(ev) => announced |= ev.tag == new_tag,
                 None => return Err(SaltError::Unreachable("the Salt event bus closed".into())),
             },
+            () = &mut check, if !announced => return Err(not_available(&fun)),
             _ = tokio::time::sleep_until(wake) => {
                 if !announced && wake == guard && guard < deadline {
                     return Err(SaltError::Master(format!(
-                        "runner job {jid} for '{}' never started; '{}' may not be an available runner function",
-                        load["fun"].as_str().unwrap_or_default(),
-                        load["fun"].as_str().unwrap_or_default()
+                        "runner job {jid} for '{fun}' never started; '{fun}' may not be an available runner function"
                     )));
                 }
                 return Err(SaltError::Timeout(format!("RunnerClient job '{jid}' timed out")));
@@ -164,6 +203,122 @@ pub async fn runner(master: &Master, low: Lowstate) -> Result<Json> {
         }
     }
 }
+
+/// Python salt-api's error for a function the loader does not have
+/// (`LazyLoader.missing_fun_string`, raised as `CommandExecutionError`).
+fn not_available(fun: &str) -> SaltError {
+    SaltError::Master(format!("'{fun}' is not available."))
+}
+
+/// The master's return for a function its loader does not have, recognised:
+/// the job ends with `success: false` and a traceback as its return
+/// (`Exception occurred in runner <fun>: Traceback ...`) that ends in the
+/// loader's `verify_fun` raising `CommandExecutionError: '<fun>' is not
+/// available.` (or its reason, such as `__virtual__ returned False`), or
+/// in the loader's `KeyError: '<fun>'`. The error carries the loader's
+/// message without the traceback (which shows the master's file paths). A
+/// runner that raised for any other reason keeps its traceback as its
+/// return, as with Python salt-api.
+pub fn unavailable_function(fun: &str, data: &Json) -> Option<SaltError> {
+    if data.get("success") != Some(&Json::Bool(false)) {
+        return None;
+    }
+    let text = data.get("return")?.as_str()?;
+    let rest = text.strip_prefix(&format!("Exception occurred in runner {fun}: "))?;
+    let last = rest.trim_end().lines().last()?.trim();
+    if last == format!("KeyError: '{fun}'") {
+        return Some(not_available(fun));
+    }
+    let message = last.strip_prefix("salt.exceptions.CommandExecutionError: ")?;
+    (rest.contains("in verify_fun") && message.starts_with(&format!("'{fun}' ")))
+        .then(|| SaltError::Master(message.to_owned()))
+}
+
+/// How long a learnt function list is trusted for names it lists.
+const FUNCTIONS_TTL: Duration = Duration::from_secs(300);
+/// A name missing from a list younger than this is unknown without asking
+/// again (a loop of typos costs one `doc.runner` per this interval).
+const FUNCTIONS_RECHECK: Duration = Duration::from_secs(10);
+/// The most masters whose lists are remembered (one per process in practice).
+const FUNCTIONS_MASTERS: usize = 16;
+
+/// The runner functions of each master, learnt with the `doc.runner`
+/// runner (the names of `RunnerClient.functions`, which is what Python
+/// salt-api checks a name against) under the credentials of a caller the
+/// master just accepted, and refreshed when a name is not in the list.
+/// A caller whose ACL does not allow `doc.runner` learns nothing; the
+/// runner call then fails by the master's own means (or the start guard).
+struct RunnerFunctions {
+    names: HashSet<String>,
+    learnt: Instant,
+}
+
+type FunctionLists = HashMap<String, RunnerFunctions>;
+
+static LISTS: LazyLock<Mutex<FunctionLists>> = LazyLock::new(|| Mutex::new(HashMap::new()));
+/// One refresh at a time per process; the others wait for its result.
+static REFRESH: LazyLock<tokio::sync::Mutex<()>> = LazyLock::new(|| tokio::sync::Mutex::new(()));
+
+impl RunnerFunctions {
+    /// Whether the master has `fun`: `None` when it cannot be learnt.
+    async fn is_known(master: &Master, load: &Json, fun: &str) -> Option<bool> {
+        let lookup = |max_age: Duration| {
+            let lists = LISTS.lock().unwrap_or_else(|p| p.into_inner());
+            lists.get(master.addr()).and_then(|l| {
+                if l.names.contains(fun) {
+                    Some(true)
+                } else {
+                    (l.learnt.elapsed() < max_age).then_some(false)
+                }
+            })
+        };
+        if let Some(known) = lookup(FUNCTIONS_RECHECK) {
+            return Some(known);
+        }
+        let _one = REFRESH.lock().await;
+        if let Some(known) = lookup(FUNCTIONS_RECHECK) {
+            return Some(known);
+        }
+        let mut doc = Map::new();
+        doc.insert("cmd".into(), json!("runner"));
+        doc.insert("fun".into(), json!("doc.runner"));
+        for key in CREDENTIALS {
+            if let Some(v) = load.get(key) {
+                doc.insert(key.into(), v.clone());
+            }
+        }
+        doc.insert("kwarg".into(), json!({"arg": [], "kwarg": {}}));
+        let listed = Box::pin(run_sync(master, Json::Object(doc), 60.0, false, false)).await;
+        let names: HashSet<String> = match listed {
+            Ok(Json::Object(m)) => m.keys().cloned().collect(),
+            Ok(_) | Err(_) => {
+                tracing::debug!("cannot learn the master's runner functions");
+                return None;
+            }
+        };
+        if names.is_empty() {
+            return None;
+        }
+        let known = names.contains(fun);
+        let mut lists = LISTS.lock().unwrap_or_else(|p| p.into_inner());
+        if lists.len() >= FUNCTIONS_MASTERS {
+            lists.retain(|_, l| l.learnt.elapsed() < FUNCTIONS_TTL);
+        }
+        if lists.len() < FUNCTIONS_MASTERS || lists.contains_key(master.addr()) {
+            lists.insert(
+                master.addr().to_owned(),
+                RunnerFunctions {
+                    names,
+                    learnt: Instant::now(),
+                },
+            );
+        }
+        Some(known)
+    }
+}
+
+/// The credential keys of a runner load.
+const CREDENTIALS: [&str; 4] = ["username", "password", "eauth", "token"];
 
 #[cfg(test)]
 mod tests {
@@ -175,7 +330,7 @@ mod tests {
 
     #[test]
     fn load_matches_netapiclient_wire() {
-        // p04 (results/p04_3008.txt): arg ["a", "b=c"], kwarg {"d": "e"}, extra="x"
+        // What a real 3008 NetapiClient sent for arg ["a", "b=c"], kwarg {"d": "e"}, extra="x"
         let l = low(
             json!({"client": "runner", "fun": "test.arg", "eauth": "auto", "username": "u",
             "password": "p", "arg": ["a", "b=c"], "kwarg": {"d": "e"}, "extra": "x", "timeout": 5}),
@@ -219,6 +374,34 @@ mod tests {
                 .cloned()
                 .unwrap_or_default()
         );
+    }
+
+    #[test]
+    fn missing_function_tracebacks_are_recognised() {
+        // Salt 3006.30's return for an unknown runner function (paths shortened).
+        let ret = |text: &str| json!({"fun": "runner.no_such.fn", "return": text, "success": false, "retcode": 1});
+        let verify = "Exception occurred in runner no_such.fn: Traceback (most recent call last):\n  \
+            File \"/v/salt/client/mixins.py\", line 341, in low\n    salt.utils.lazy.verify_fun(self_functions, fun)\n  \
+            File \"/v/salt/utils/lazy.py\", line 23, in verify_fun\n    raise salt.exceptions.CommandExecutionError(lazy_obj.missing_fun_string(fun))\n\
+            salt.exceptions.CommandExecutionError: 'no_such.fn' is not available.\n";
+        assert_eq!(
+            unavailable_function("no_such.fn", &ret(verify)),
+            Some(SaltError::Master("'no_such.fn' is not available.".into()))
+        );
+        let key_error = "Exception occurred in runner no_such.fn: Traceback (most recent call last):\n  \
+            File \"/v/salt/utils/lazy.py\", line 99, in __getitem__\n    raise KeyError(key)\nKeyError: 'no_such.fn'\n";
+        assert_eq!(
+            unavailable_function("no_such.fn", &ret(key_error)),
+            Some(SaltError::Master("'no_such.fn' is not available.".into()))
+        );
+        // A runner that raised by itself keeps its return.
+        let own = "Exception occurred in runner test.raise: Traceback (most recent call last):\n  \
+            File \"/v/salt/runners/test.py\", line 9, in raise\nsalt.exceptions.CommandExecutionError: 'x' is bad\n";
+        assert_eq!(unavailable_function("test.raise", &ret(own)), None);
+        let mut ok = ret(verify);
+        ok["success"] = json!(true);
+        assert_eq!(unavailable_function("no_such.fn", &ok), None);
+        assert_eq!(unavailable_function("other.fn", &ret(verify)), None);
     }
 
     #[test]

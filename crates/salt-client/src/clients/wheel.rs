@@ -1,5 +1,5 @@
 //! `wheel` and `wheel_async`: `WheelClient.cmd_sync` / `cmd_async`
-//! (salt-protocol §3.5.3, §5.7). The lowstate goes to the master unchanged
+//! (docs/PROTOCOL.md §3.5.3, §5.7). The lowstate goes to the master unchanged
 //! with `cmd: wheel`; the synchronous reply `{tag, data}` is the result.
 
 use std::time::Duration;

@@ -248,7 +248,7 @@ mod tests {
 
     #[test]
     fn master_errors_become_typed_errors() {
-        // Shapes from probe p03 (results/p03_3008.txt).
+        // Reply shapes seen from a real 3008 master (docs/PROTOCOL.md §3.5).
         let e = interpret_reply(mp(
             json!({"error": {"name": "AuthenticationError", "message": "Authentication error occurred."}}),
         ));

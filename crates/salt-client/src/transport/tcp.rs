@@ -1,6 +1,6 @@
 //! Salt's `tcp` request transport: a byte stream of concatenated msgpack maps
 //! `{"head": {"mid": <id>}, "body": <envelope>}`, the reply echoing `head`
-//! (salt-protocol §3.2). One request per connection at a time, on at most a
+//! (docs/PROTOCOL.md §3.2). One request per connection at a time, on at most a
 //! few connections (see `MAX_OPEN_TCP` in `transport/mod.rs`): the master's
 //! listen backlog is 5. Pipelining several requests per connection, matched
 //! by `mid`, would serve more at once with the same connections.

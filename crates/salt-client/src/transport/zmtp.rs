@@ -9,7 +9,7 @@
 //! tests. libzmq bindings would add a C++ build to a static binary.
 //!
 //! One connection carries one request at a time: the protocol has no request
-//! id and replies on one socket come back out of order (salt-protocol §3.1).
+//! id and replies on one socket come back out of order (docs/PROTOCOL.md §3.1).
 
 use bytes::{Buf, BytesMut};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -277,7 +277,7 @@ mod tests {
     use super::*;
 
     /// The server greeting and READY captured from a 3008.4 master
-    /// (probe p15: `results/p15_zmtp_raw_3008.4.txt`):
+    /// (as a raw TCP capture of the handshake showed it):
     /// signature ff00000000000000017f, version 3.1, NULL, as_server 0,
     /// then READY with Socket-Type=ROUTER and an empty Identity.
     fn server_hello_3008() -> Vec<u8> {
@@ -322,7 +322,7 @@ mod tests {
 
     #[test]
     fn ping_from_3008_gets_pong_with_context() {
-        // p15: "+10.0s server command b'PING' rest=0000" (TTL 0, empty context)
+        // A 3008.4 master sends PING every 10 s with TTL 0 and an empty context.
         let mut buf = BytesMut::from(&[0x04, 0x07, 0x04, b'P', b'I', b'N', b'G', 0, 0][..]);
         let frame = parse_frame(&mut buf).expect("parses").expect("complete");
         assert_eq!(command_name(&frame.body), Some(&b"PING"[..]));

@@ -1,0 +1,69 @@
+//! Routes served on every surface: `/metrics` (Prometheus), `/health/live`,
+//! `/health/ready` and `/openapi.json`.
+
+use axum::extract::State;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+
+use crate::response::json_response;
+use crate::state::AppState;
+
+/// `/metrics`, `/health/live`, `/health/ready`, `/openapi.json`.
+pub fn routes() -> Router<AppState> {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/health/live", get(|| async { "ok" }))
+        .route("/health/ready", get(ready))
+        .route("/openapi.json", get(openapi))
+}
+
+/// The OpenAPI document of both surfaces (`docs/openapi.yaml`, built in).
+const OPENAPI_YAML: &str = include_str!("../../../docs/openapi.yaml");
+
+async fn openapi() -> Response {
+    match serde_norway::from_str::<serde_json::Value>(OPENAPI_YAML) {
+        Ok(doc) => json_response(StatusCode::OK, &doc),
+        Err(e) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            format!("the built-in OpenAPI document is invalid: {e}"),
+        )
+            .into_response(),
+    }
+}
+
+/// Ready once the event bus is connected: before that, `local` calls could
+/// not see their returns.
+async fn ready(State(state): State<AppState>) -> Response {
+    if state.netapi.master().bus().is_connected() {
+        (StatusCode::OK, "ready").into_response()
+    } else {
+        (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the Salt event bus is not connected",
+        )
+            .into_response()
+    }
+}
+
+async fn metrics(State(state): State<AppState>) -> Response {
+    let text = state.metrics.render(state.netapi.master());
+    let mut resp = text.into_response();
+    resp.headers_mut().insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; version=0.0.4"),
+    );
+    resp
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn openapi_document_parses() {
+        let doc: serde_json::Value =
+            serde_norway::from_str(super::OPENAPI_YAML).expect("valid YAML");
+        assert_eq!(doc["openapi"], "3.0.3");
+        assert!(doc["paths"]["/login"]["post"].is_object());
+    }
+}
