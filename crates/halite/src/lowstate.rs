@@ -58,10 +58,10 @@ pub async fn run_chunks(state: &AppState, chunks: Vec<Lowstate>) -> Result<Vec<J
         } else {
             // Inline eauth credentials: the master checks them (PAM holds
             // one of its workers for seconds), so they go through the throttle.
-            let user = chunk.get("username").and_then(Json::as_str).unwrap_or("");
+            let field = |k: &str| chunk.get(k).and_then(Json::as_str).unwrap_or("");
             Some(
                 Throttle::global()
-                    .begin(user, throttle::peer())
+                    .begin(field("username"), field("password"), throttle::peer())
                     .map_err(|t| {
                         ApiError::new(StatusCode::TOO_MANY_REQUESTS, throttle::message(t))
                     })?,

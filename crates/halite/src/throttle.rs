@@ -93,7 +93,7 @@ pub struct Throttled {
 #[derive(Debug)]
 pub struct Attempt<'t> {
     throttle: &'t Throttle,
-    keys: [u64; 2],
+    keys: [u64; 3],
     done: bool,
 }
 
@@ -127,23 +127,40 @@ impl Throttle {
         &GLOBAL
     }
 
-    fn keys(&self, user: &str, ip: Option<IpAddr>) -> [u64; 2] {
+    fn keys(&self, user: &str, secret: &str, ip: Option<IpAddr>) -> [u64; 3] {
         let ip = address(ip);
         [
             self.hasher.hash_one(("address", ip)),
             self.hasher.hash_one(("user", ip, user)),
+            self.hasher.hash_one(("credentials", ip, user, secret)),
         ]
     }
 
-    /// Start a credential check by `user` from `ip`, or refuse it.
-    pub fn begin(&self, user: &str, ip: Option<IpAddr>) -> Result<Attempt<'_>, Throttled> {
-        let keys = self.keys(user, ip);
+    /// Start a credential check by `user` with `secret` (a password or a
+    /// token) from `ip`, or refuse it.
+    ///
+    /// In flight, each *distinct* credential counts once: a client that
+    /// sends the same credentials with many parallel requests (rest_wsgi
+    /// clients send them with every call) is one attempt, parallel guesses
+    /// are one each.
+    pub fn begin(
+        &self,
+        user: &str,
+        secret: &str,
+        ip: Option<IpAddr>,
+    ) -> Result<Attempt<'_>, Throttled> {
+        let keys = self.keys(user, secret, ip);
         let mut map = self.counts.lock().unwrap_or_else(|p| p.into_inner());
+        let new_credential = map.peek(&keys[2]).is_none_or(|c| c.in_flight == 0);
         let mut wait = None;
-        for (key, max) in keys.iter().zip([MAX_ADDRESS_FAILURES, MAX_USER_FAILURES]) {
+        for (key, max) in keys[..2]
+            .iter()
+            .zip([MAX_ADDRESS_FAILURES, MAX_USER_FAILURES])
+        {
             if let Some(c) = map.get_mut(key) {
                 let c = c.current();
-                if c.failures + c.in_flight >= max {
+                let in_flight = if new_credential { c.in_flight } else { 0 };
+                if c.failures + in_flight >= max {
                     let left = WINDOW.saturating_sub(c.since.elapsed()).as_secs().max(1);
                     wait = Some(wait.map_or(left, |w: u64| w.max(left)));
                 }
@@ -152,9 +169,13 @@ impl Throttle {
         if let Some(retry_after) = wait {
             return Err(Throttled { retry_after });
         }
-        for key in keys {
-            let c = map.get_or_insert_mut(key, Count::fresh);
-            c.in_flight = c.in_flight.saturating_add(1);
+        let cred = map.get_or_insert_mut(keys[2], Count::fresh);
+        cred.in_flight = cred.in_flight.saturating_add(1);
+        if new_credential {
+            for key in &keys[..2] {
+                let c = map.get_or_insert_mut(*key, Count::fresh);
+                c.in_flight = c.in_flight.saturating_add(1);
+            }
         }
         Ok(Attempt {
             throttle: self,
@@ -163,11 +184,20 @@ impl Throttle {
         })
     }
 
-    fn finish(&self, keys: [u64; 2], failed: bool, forget_user: bool) {
+    fn finish(&self, keys: [u64; 3], failed: bool, forget_user: bool) {
         let mut map = self.counts.lock().unwrap_or_else(|p| p.into_inner());
-        for key in keys {
-            if let Some(c) = map.get_mut(&key) {
+        let last_of_credential = match map.get_mut(&keys[2]) {
+            Some(c) => {
                 c.in_flight = c.in_flight.saturating_sub(1);
+                c.in_flight == 0
+            }
+            None => true,
+        };
+        for key in &keys[..2] {
+            if let Some(c) = map.get_mut(key) {
+                if last_of_credential {
+                    c.in_flight = c.in_flight.saturating_sub(1);
+                }
                 if failed {
                     let c = c.current();
                     c.failures = c.failures.saturating_add(1);
@@ -247,39 +277,62 @@ mod tests {
     fn failures_throttle_the_user_at_that_address_only() {
         let t = Throttle::new(1024);
         for _ in 0..MAX_USER_FAILURES {
-            t.begin("root", ip(1)).expect("not yet throttled").failed();
+            t.begin("root", "pw", ip(1))
+                .expect("not yet throttled")
+                .failed();
         }
-        assert!(t.begin("root", ip(1)).is_err());
+        assert!(t.begin("root", "pw", ip(1)).is_err());
         // Another address, and another user at the same address, still pass.
-        t.begin("root", ip(2)).expect("other address").succeeded();
-        t.begin("alice", ip(1)).expect("other user").succeeded();
+        t.begin("root", "pw", ip(2))
+            .expect("other address")
+            .succeeded();
+        t.begin("alice", "pw", ip(1))
+            .expect("other user")
+            .succeeded();
     }
 
     #[test]
     fn the_address_is_throttled_across_user_names() {
         let t = Throttle::new(1024);
         for i in 0..MAX_ADDRESS_FAILURES {
-            t.begin(&format!("user{i}"), ip(3))
+            t.begin(&format!("user{i}"), "pw", ip(3))
                 .expect("not yet throttled")
                 .failed();
         }
-        let refused = t.begin("new-name", ip(3)).expect_err("address throttled");
+        let refused = t
+            .begin("new-name", "pw", ip(3))
+            .expect_err("address throttled");
         assert!(refused.retry_after >= 1 && refused.retry_after <= WINDOW.as_secs());
-        assert!(t.begin("new-name", ip(4)).is_ok());
+        assert!(t.begin("new-name", "pw", ip(4)).is_ok());
     }
 
     #[test]
     fn attempts_in_flight_count() {
         let t = Throttle::new(1024);
         let held: Vec<_> = (0..MAX_USER_FAILURES)
-            .map(|_| t.begin("bob", ip(5)).expect("in flight"))
+            .map(|i| {
+                t.begin("bob", &format!("guess{i}"), ip(5))
+                    .expect("in flight")
+            })
             .collect();
         assert!(
-            t.begin("bob", ip(5)).is_err(),
+            t.begin("bob", "another guess", ip(5)).is_err(),
             "parallel guesses must not all pass"
         );
         drop(held);
-        assert!(t.begin("bob", ip(5)).is_ok());
+        assert!(t.begin("bob", "guess", ip(5)).is_ok());
+    }
+
+    #[test]
+    fn the_same_credentials_in_parallel_are_one_attempt() {
+        let t = Throttle::new(1024);
+        let held: Vec<_> = (0..200)
+            .map(|_| t.begin("load", "right", ip(6)).expect("same credentials"))
+            .collect();
+        assert!(t.begin("load", "guess", ip(6)).is_ok());
+        for a in held {
+            a.succeeded();
+        }
     }
 
     #[test]
@@ -288,7 +341,7 @@ mod tests {
         let long = "x".repeat(64 << 10);
         for i in 0..300u32 {
             let a = Some(IpAddr::from(i.to_be_bytes()));
-            t.begin(&long, a).expect("fresh").failed();
+            t.begin(&long, "pw", a).expect("fresh").failed();
         }
         assert_eq!(t.len(), 100);
     }
@@ -298,14 +351,16 @@ mod tests {
         let t = Throttle::new(64);
         for i in 0..200u32 {
             if i < MAX_USER_FAILURES {
-                t.begin("root", ip(9)).expect("first guesses").failed();
+                t.begin("root", "pw", ip(9))
+                    .expect("first guesses")
+                    .failed();
             } else {
                 // The guesser keeps trying (and so stays recent) while a
                 // spray of other addresses fills the table.
-                assert!(t.begin("root", ip(9)).is_err(), "attempt {i}");
+                assert!(t.begin("root", "pw", ip(9)).is_err(), "attempt {i}");
             }
             let a = Some(IpAddr::from((0x0a00_0000 + i).to_be_bytes()));
-            t.begin("x", a).expect("fresh").failed();
+            t.begin("x", "pw", a).expect("fresh").failed();
         }
     }
 
@@ -314,9 +369,11 @@ mod tests {
         let t = Throttle::new(1024);
         for i in 0..MAX_ADDRESS_FAILURES {
             let a: IpAddr = format!("2001:db8::{i:x}").parse().expect("ip");
-            t.begin(&format!("u{i}"), Some(a)).expect("fresh").failed();
+            t.begin(&format!("u{i}"), "pw", Some(a))
+                .expect("fresh")
+                .failed();
         }
         let a: IpAddr = "2001:db8::ffff".parse().expect("ip");
-        assert!(t.begin("v", Some(a)).is_err());
+        assert!(t.begin("v", "pw", Some(a)).is_err());
     }
 }

@@ -855,7 +855,9 @@ async fn content_negotiation_and_errors() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn cors_headers_and_preflight() {
-    let h = Halite::start("");
+    // Only configured origins get CORS headers (salt-api reflects any
+    // origin with credentials allowed); the shape is rest_cherrypy's.
+    let h = Halite::start("cors_origins: ['https://ui.example']");
     let c = client();
     let r = c
         .get(h.url("/"))
@@ -874,7 +876,14 @@ async fn cors_headers_and_preflight() {
         Some("GET, POST")
     );
     let r = c.get(h.url("/")).send().await.unwrap();
-    assert_eq!(header(&r, "access-control-allow-origin"), Some("*"));
+    assert_eq!(header(&r, "access-control-allow-origin"), None);
+    let r = c
+        .get(h.url("/"))
+        .header("Origin", "https://other.example")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(header(&r, "access-control-allow-origin"), None);
     let r = c
         .request(reqwest::Method::OPTIONS, h.url("/run"))
         .header("Origin", "https://ui.example")

@@ -14,13 +14,16 @@
 //! ACL entries match as Salt's `expr_match` does: equal, a shell glob, or a
 //! regular expression matching the whole text.
 
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
 
 use regex::Regex;
 use serde_json::Value as Json;
 
 /// Jobs remembered per filter as started by its user (oldest forgotten).
 const STARTED_JOBS: usize = 1024;
+/// (minion, function) verdicts remembered per filter: matching compiles the
+/// ACL's patterns, and a stream sees the same pairs over and over.
+const VERDICTS: usize = 4096;
 
 /// Salt's `expr_match(line, expr)`.
 pub fn expr_match(line: &str, expr: &str) -> bool {
@@ -114,6 +117,7 @@ pub struct EventFilter {
     acl: Acl,
     started: HashSet<String>,
     order: VecDeque<String>,
+    verdicts: HashMap<(String, String), bool>,
 }
 
 impl EventFilter {
@@ -123,6 +127,7 @@ impl EventFilter {
             acl,
             started: HashSet::new(),
             order: VecDeque::new(),
+            verdicts: HashMap::new(),
         }
     }
 
@@ -137,6 +142,19 @@ impl EventFilter {
         }
         self.started.insert(jid.to_owned());
         self.order.push_back(jid.to_owned());
+    }
+
+    fn allows(&mut self, minion: &str, fun: &str) -> bool {
+        let key = (minion.to_owned(), fun.to_owned());
+        if let Some(v) = self.verdicts.get(&key) {
+            return *v;
+        }
+        if self.verdicts.len() >= VERDICTS {
+            self.verdicts.clear();
+        }
+        let v = self.acl.allows(minion, fun);
+        self.verdicts.insert(key, v);
+        v
     }
 
     fn by_user(&self, data: &Json) -> bool {
@@ -164,14 +182,14 @@ impl EventFilter {
                     && !f.is_empty()
                     && minions
                         .iter()
-                        .all(|m| f.iter().all(|fun| self.acl.allows(m, fun)))
+                        .all(|m| f.iter().all(|fun| self.allows(m, fun)))
             }
             ["salt", "job", jid, "ret" | "prog", minion, ..] => {
                 if self.started.contains(*jid) {
                     return true;
                 }
                 let f = funs(data);
-                !f.is_empty() && f.iter().all(|fun| self.acl.allows(minion, fun))
+                !f.is_empty() && f.iter().all(|fun| self.allows(minion, fun))
             }
             ["salt", "run", ..] => {
                 let fun = data["fun"].as_str().unwrap_or("");

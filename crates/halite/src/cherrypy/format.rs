@@ -282,4 +282,59 @@ mod tests {
         assert!(lowstate(Some(json!("x"))).is_err());
         assert!(lowstate(None).is_err());
     }
+
+    mod fuzz {
+        //! Property-based fuzzing of request bodies as every content type:
+        //! random text and mutations of real lowstates never panic, and
+        //! what parses stays within its size budget. Failing inputs are
+        //! kept in `proptest-regressions/` and replayed first.
+        use super::super::*;
+        use proptest::prelude::*;
+
+        const SEEDS: [&str; 5] = [
+            r#"[{"client": "local", "tgt": "*", "fun": "test.arg", "arg": ["a", 1], "kwarg": {"k": "v"}}]"#,
+            "client=local&tgt=%2A&fun=test.kwarg&arg=one%3D1&arg=%5B1%2C+2%5D&kwarg=%7Ba%3A+1%7D",
+            "- client: runner\n  fun: jobs.lookup_jid\n  jid: '20261130151600000000'\n",
+            "[&a [0, 0, 0], *a, *a, *a]",
+            "{eauth: pam, username: u, password: p}",
+        ];
+
+        fn body() -> impl Strategy<Value = Vec<u8>> {
+            let mutated = (
+                0..SEEDS.len(),
+                prop::collection::vec((any::<prop::sample::Index>(), any::<u8>()), 0..6),
+            )
+                .prop_map(|(i, edits)| {
+                    let mut b = SEEDS[i].as_bytes().to_vec();
+                    for (at, byte) in edits {
+                        let at = at.index(b.len());
+                        b[at] = byte;
+                    }
+                    b
+                });
+            prop_oneof![prop::collection::vec(any::<u8>(), 0..300), mutated]
+        }
+
+        proptest! {
+            #![proptest_config(ProptestConfig { cases: 1024, ..ProptestConfig::default() })]
+
+            #[test]
+            fn bodies_never_panic(body in body(), ct in prop::sample::select(vec![
+                "application/json", "application/x-yaml", "text/yaml", "text/plain",
+                "application/x-www-form-urlencoded", "application/xml", "",
+            ])) {
+                let mut h = HeaderMap::new();
+                if let Ok(v) = HeaderValue::from_str(ct) {
+                    h.insert(header::CONTENT_TYPE, v);
+                }
+                if let Ok(parsed) = parse_body(&h, &body) {
+                    if let Some(data) = &parsed.data {
+                        let size = data.to_string().len();
+                        prop_assert!(size <= 64 * (body.len() + 4096), "{size} bytes from {}", body.len());
+                    }
+                    let _ = lowstate(parsed.data);
+                }
+            }
+        }
+    }
 }

@@ -16,6 +16,9 @@ use super::lowdata::parse;
 use super::{session, CpState};
 use crate::error::ApiError;
 
+/// How long firing one event into the bus may take.
+const FIRE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 /// Headers never forwarded into the event.
 const CREDENTIAL_HEADERS: [&str; 4] = [
     "x-auth-token",
@@ -90,10 +93,16 @@ pub async fn hook(
             Some(v) => v,
         };
         let data = json!({"body": parsed.raw, "post": post, "headers": event_headers(&headers, peer.ip())});
-        master
-            .bus()
-            .fire(&tag, &data)
+        // The bus's pull socket is local, but a stuck master must not hold
+        // the request (and its body) forever.
+        tokio::time::timeout(FIRE_TIMEOUT, master.bus().fire(&tag, &data))
             .await
+            .map_err(|_| {
+                ApiError::new(
+                    axum::http::StatusCode::GATEWAY_TIMEOUT,
+                    "The Salt event bus did not take the event in time",
+                )
+            })?
             .map_err(ApiError::from)?;
         Ok(json!({"success": true}))
     };

@@ -69,7 +69,7 @@ pub async fn login_post(
             ));
         }
         let attempt = Throttle::global()
-            .begin(&username, Some(peer.ip()))
+            .begin(&username, &password, Some(peer.ip()))
             .map_err(|t| ApiError::new(StatusCode::TOO_MANY_REQUESTS, throttle::message(t)))?;
         let mut extra = Map::new();
         if let Some(v) = creds.get("token_expire") {

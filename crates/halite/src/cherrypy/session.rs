@@ -88,7 +88,7 @@ pub async fn check(master: &Master, token: &str) -> Result<auth::Token, ApiError
 pub async fn validate(master: &Master, token: &str) -> Result<auth::Token, ApiError> {
     auth::validate_token_text(token).map_err(|_| ApiError::unauthorized("Invalid token"))?;
     let attempt = Throttle::global()
-        .begin("", throttle::peer())
+        .begin("", token, throttle::peer())
         .map_err(|t| ApiError::new(StatusCode::TOO_MANY_REQUESTS, throttle::message(t)))?;
     match auth::get_token(master, token).await? {
         Some(t) => {
@@ -144,5 +144,18 @@ mod tests {
         assert_eq!(request_token(&h).as_deref(), Some("cafe"));
         h.insert("x-auth-token", HeaderValue::from_static("beef"));
         assert_eq!(request_token(&h).as_deref(), Some("beef"));
+    }
+
+    #[test]
+    fn session_cookie_flags() {
+        let plain = session_cookie("cafe", 4_102_444_800.0, false).expect("cookie");
+        let plain = plain.to_str().expect("text");
+        assert!(plain.starts_with("session_id=cafe;"));
+        assert!(plain.contains("; HttpOnly") && plain.contains("; SameSite=Strict"));
+        assert!(!plain.contains("Secure"));
+        let tls = session_cookie("cafe", 4_102_444_800.0, true).expect("cookie");
+        assert!(tls.to_str().expect("text").ends_with("; Secure"));
+        // A token cannot inject attributes.
+        assert!(session_cookie("a\r\nSet-Cookie: x=y", 0.0, false).is_none());
     }
 }

@@ -30,6 +30,24 @@ pub struct Inproc {
     pub master: Master,
     pub wsgi: Router,
     pub cherrypy: Router,
+    /// The client address of this harness's requests: one loopback address
+    /// per harness, so that tests running in parallel in one process do not
+    /// share the process-wide eauth throttle's per-address counts.
+    pub peer: SocketAddr,
+}
+
+fn next_peer() -> SocketAddr {
+    static NEXT: std::sync::atomic::AtomicU32 = std::sync::atomic::AtomicU32::new(1);
+    let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let [_, a, b, c] = n.to_be_bytes();
+    SocketAddr::from(([127, a, b, c.max(1)], 40000))
+}
+
+fn from_peer(mut req: Request<Body>, peer: SocketAddr) -> Request<Body> {
+    if req.extensions().get::<ConnectInfo<SocketAddr>>().is_none() {
+        req.extensions_mut().insert(ConnectInfo(peer));
+    }
+    req
 }
 
 /// One answer, read whole.
@@ -112,6 +130,7 @@ impl Inproc {
             master,
             wsgi: wsgi.expect("a rest_wsgi surface"),
             cherrypy: cherrypy.expect("a rest_cherrypy surface"),
+            peer: next_peer(),
         }
     }
 
@@ -145,12 +164,16 @@ impl Inproc {
 
     /// `POST /` on rest_wsgi with a JSON body.
     pub async fn wsgi_post(&self, body: &Json) -> Reply {
-        Inproc::send(&self.wsgi, json_request("/", body, None)).await
+        Inproc::send(
+            &self.wsgi,
+            from_peer(json_request("/", body, None), self.peer),
+        )
+        .await
     }
 
     /// A request to rest_cherrypy.
     pub async fn cp(&self, req: Request<Body>) -> Reply {
-        Inproc::send(&self.cherrypy, req).await
+        Inproc::send(&self.cherrypy, from_peer(req, self.peer)).await
     }
 
     /// Log in to rest_cherrypy as the `auto` user `saltdev`; the token.

@@ -9,7 +9,7 @@ use serde_json::{json, Value as Json};
 
 use super::Lowstate;
 use crate::args::{required_str, secs};
-use crate::error::Result;
+use crate::error::{Result, SaltError};
 use crate::master::Master;
 use crate::value;
 
@@ -30,11 +30,24 @@ pub async fn wheel(master: &Master, low: Lowstate) -> Result<Json> {
     Ok(value::to_json(&reply))
 }
 
+/// `wheel_async` calls running in the background at most, process-wide:
+/// each holds a master worker, and nothing else bounds how many a client
+/// can start.
+pub const MAX_WHEEL_ASYNC: usize = 64;
+
+static WHEEL_ASYNC: std::sync::LazyLock<std::sync::Arc<tokio::sync::Semaphore>> =
+    std::sync::LazyLock::new(|| std::sync::Arc::new(tokio::sync::Semaphore::new(MAX_WHEEL_ASYNC)));
+
 /// `wheel_async`: answer `{jid, tag}` at once and run the call in the
 /// background with `__jid__`/`__tag__` set (honoured by 3006/3007 masters;
 /// 3008 ignores them and reports events under its own jid).
 pub async fn wheel_async(master: &Master, low: Lowstate) -> Result<Json> {
     required_str(&low, "fun")?;
+    let permit = WHEEL_ASYNC.clone().try_acquire_owned().map_err(|_| {
+        SaltError::Unreachable(format!(
+            "{MAX_WHEEL_ASYNC} wheel_async calls are already running; try again later"
+        ))
+    })?;
     let jid = master.new_jid();
     let tag = format!("salt/wheel/{jid}");
     let mut low = low;
@@ -45,9 +58,41 @@ pub async fn wheel_async(master: &Master, low: Lowstate) -> Result<Json> {
     let load = load(&low);
     let limit = timeout(master);
     tokio::spawn(async move {
+        let _permit = permit;
         if let Err(e) = m.request(load, limit).await {
             tracing::info!(error = %e, "wheel_async call failed");
         }
     });
     Ok(json!({"jid": jid, "tag": tag}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::MasterConfig;
+
+    #[tokio::test]
+    async fn wheel_async_is_refused_beyond_its_bound() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        // A master nobody listens on: a call that got through would fail later.
+        let config = MasterConfig::from_yaml_str("interface: 127.0.0.1\nret_port: 9\n", dir.path())
+            .expect("config");
+        let master = Master::new(config);
+        let held = WHEEL_ASYNC
+            .clone()
+            .acquire_many_owned(MAX_WHEEL_ASYNC as u32)
+            .await
+            .expect("all permits");
+        let low = json!({"fun": "key.list_all"})
+            .as_object()
+            .cloned()
+            .unwrap_or_default();
+        let err = wheel_async(&master, low.clone())
+            .await
+            .expect_err("refused");
+        assert_eq!(err.kind(), crate::ErrorKind::Unreachable);
+        assert!(err.message().contains("already running"), "{err}");
+        drop(held);
+        assert!(wheel_async(&master, low).await.is_ok());
+    }
 }

@@ -92,12 +92,19 @@ impl RequestChannel {
     }
 
     async fn exchange(&self, envelope: Mp, timeout: Duration) -> Result<Mp> {
-        let _permit = self
-            .open
-            .acquire()
-            .await
-            .map_err(|_| SaltError::Unreachable("request channel closed".into()))?;
+        // Waiting for a free connection is part of the request's time.
         let deadline = Instant::now() + timeout;
+        let _permit = match tokio::time::timeout_at(deadline.into(), self.open.acquire()).await {
+            Ok(Ok(permit)) => permit,
+            Ok(Err(_)) => return Err(SaltError::Unreachable("request channel closed".into())),
+            Err(_) => {
+                return Err(SaltError::Timeout(format!(
+                    "no connection to the Salt master at {} became free within {:.1}s",
+                    self.addr,
+                    timeout.as_secs_f64()
+                )))
+            }
+        };
         let (mut conn, mut reused) = match self.checkout() {
             Some(c) => (c, true),
             None => (self.connect(deadline).await?, false),
@@ -281,5 +288,42 @@ mod tests {
             r.map(|v| value::to_json(&v)),
             Ok(json!({"jid": "2", "tag": "salt/run/2"}))
         );
+    }
+
+    #[tokio::test]
+    async fn waiting_for_a_connection_is_inside_the_timeout() {
+        // A master that accepts and never answers: every tcp connection
+        // halite may open is taken by a request that waits for its reply.
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let held = tokio::spawn(async move {
+            let mut conns = Vec::new();
+            while let Ok((c, _)) = listener.accept().await {
+                conns.push(c);
+            }
+        });
+        let channel = std::sync::Arc::new(RequestChannel::new(RequestTransport::Tcp, addr));
+        let mut busy = Vec::new();
+        for _ in 0..MAX_OPEN_TCP {
+            let ch = channel.clone();
+            busy.push(tokio::spawn(async move {
+                ch.send(mp(json!({"cmd": "x"})), Duration::from_secs(30))
+                    .await
+            }));
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        let started = Instant::now();
+        let r = channel
+            .send(mp(json!({"cmd": "y"})), Duration::from_millis(300))
+            .await;
+        assert!(matches!(r, Err(SaltError::Timeout(_))), "{r:?}");
+        // Not a benchmark: before, this waited for a free connection (30 s).
+        assert!(started.elapsed() < Duration::from_secs(10));
+        for b in busy {
+            b.abort();
+        }
+        held.abort();
     }
 }
