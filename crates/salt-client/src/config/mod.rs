@@ -64,14 +64,14 @@ use py::*;
 use settings::*;
 
 /// Where Salt looks for the master config when nothing else is given.
-pub(super) const DEFAULT_CONFIG_PATH: &str = "/etc/salt/master";
+const DEFAULT_CONFIG_PATH: &str = "/etc/salt/master";
 /// Salt's `default_include` for the master.
-pub(super) const DEFAULT_INCLUDE: &str = "master.d/*.conf";
+const DEFAULT_INCLUDE: &str = "master.d/*.conf";
 /// Included files may include further files. Salt has no limit and would recurse
 /// forever on a cycle; this bound turns a cycle into an error.
-pub(super) const MAX_INCLUDE_DEPTH: usize = 32;
+const MAX_INCLUDE_DEPTH: usize = 32;
 /// Options that `apply_master_config` prefixes with `root_dir`.
-pub(super) const ROOT_PREFIXED_KEYS: &[&str] = &[
+const ROOT_PREFIXED_KEYS: &[&str] = &[
     "pki_dir",
     "cachedir",
     "pidfile",
@@ -86,7 +86,7 @@ pub(super) const ROOT_PREFIXED_KEYS: &[&str] = &[
 ];
 /// Log destinations: these are prefixed too, unless they are URIs (such as
 /// `udp://host:514` for syslog).
-pub(super) const ROOT_PREFIXED_LOG_KEYS: &[&str] = &["log_file", "key_logfile", "ssh_log_file"];
+const ROOT_PREFIXED_LOG_KEYS: &[&str] = &["log_file", "key_logfile", "ssh_log_file"];
 
 // ----------------------------------------------------------------------------------
 // Public types

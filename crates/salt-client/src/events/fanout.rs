@@ -1,0 +1,202 @@
+//! Fan-out: waiters registered by jid, their bounded queues, and the one
+//! dispatch every event goes through.
+
+#[allow(unused_imports)]
+use super::*;
+
+pub(super) struct Waiter {
+    pub(super) id: u64,
+    pub(super) tx: mpsc::UnboundedSender<Arc<Event>>,
+    pub(super) queue: Arc<QueueUse>,
+}
+
+/// What a jid waiter has queued and not yet received; the bounds are
+/// enforced here because the channel itself is unbounded.
+#[derive(Default)]
+pub(super) struct QueueUse {
+    pub(super) others: AtomicUsize,
+    pub(super) return_bytes: AtomicUsize,
+    pub(super) lost: AtomicBool,
+    pub(super) lost_returns: AtomicBool,
+}
+
+impl QueueUse {
+    /// What `event` is charged against the bounds: (others, return bytes).
+    pub(super) fn cost(event: &Event) -> (usize, usize) {
+        if is_return_tag(&event.tag) {
+            (0, event.raw_len() + event.tag.len() + RETURN_OVERHEAD)
+        } else {
+            (1, 0)
+        }
+    }
+
+    /// Reserve room for `event`; `false` (and the waiter marked as having
+    /// lost an event) when it does not fit.
+    pub(super) fn admit(&self, event: &Event) -> bool {
+        let (others, bytes) = Self::cost(event);
+        let fits = if bytes > 0 {
+            self.return_bytes
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                    (used + bytes <= JID_RETURN_BYTES).then_some(used + bytes)
+                })
+                .is_ok()
+        } else {
+            self.others
+                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                    (used + others <= JID_QUEUE).then_some(used + others)
+                })
+                .is_ok()
+        };
+        if !fits {
+            self.lost.store(true, Ordering::Relaxed);
+            if bytes > 0 {
+                self.lost_returns.store(true, Ordering::Relaxed);
+            }
+        }
+        fits
+    }
+
+    /// Give back the room of an event the waiter received.
+    pub(super) fn release(&self, event: &Event) {
+        let (others, bytes) = Self::cost(event);
+        self.others.fetch_sub(others, Ordering::Relaxed);
+        self.return_bytes.fetch_sub(bytes, Ordering::Relaxed);
+    }
+}
+
+/// Whether `tag` is a job, runner or wheel return
+/// (`salt/job/<jid>/ret/<id>`, `salt/run/<jid>/ret`, `salt/wheel/<jid>/ret`).
+pub(super) fn is_return_tag(tag: &str) -> bool {
+    let mut parts = tag.splitn(5, '/');
+    matches!(
+        (parts.next(), parts.next(), parts.nth(1)),
+        (Some("salt"), Some("job" | "run" | "wheel"), Some("ret"))
+    )
+}
+
+#[derive(Default)]
+pub(super) struct State {
+    pub(super) by_jid: HashMap<String, Vec<Waiter>>,
+    /// Recent runner/wheel events in arrival order (for eviction) ...
+    pub(super) recent: VecDeque<Arc<Event>>,
+    /// ... and the same events by jid, so registering a waiter is a lookup,
+    /// not a scan (every `local` call registers one).
+    pub(super) recent_by_jid: HashMap<String, Vec<Arc<Event>>>,
+    pub(super) recent_bytes: usize,
+}
+
+pub(super) struct Shared {
+    pub(super) sub: Endpoint,
+    pub(super) pull: Endpoint,
+    pub(super) state: Mutex<State>,
+    pub(super) stream: broadcast::Sender<Arc<Event>>,
+    pub(super) connected: watch::Sender<bool>,
+    pub(super) next_id: AtomicU64,
+    /// 0 unknown, 1 `_stamp` without offset (≤3007), 2 with `+00:00` (3008+).
+    pub(super) stamp_style: AtomicU8,
+    pub(super) pub_framing: Mutex<Option<Framing>>,
+    pub(super) pull_framing: tokio::sync::Mutex<Option<Framing>>,
+    pub(super) pusher: tokio::sync::Mutex<Option<(u64, Box<dyn Stream>)>>,
+    pub(super) generation: AtomicU64,
+    pub(super) events_seen: AtomicU64,
+}
+
+/// The events of one jid, in arrival order. Dropping it unregisters.
+pub struct JidSubscription {
+    pub(super) rx: mpsc::UnboundedReceiver<Arc<Event>>,
+    pub(super) id: u64,
+    pub(super) jid: String,
+    pub(super) queue: Arc<QueueUse>,
+    pub(super) shared: Arc<Shared>,
+}
+
+impl JidSubscription {
+    /// The next event, or `None` when the bus handle is gone.
+    pub async fn recv(&mut self) -> Option<Arc<Event>> {
+        let ev = self.rx.recv().await?;
+        self.queue.release(&ev);
+        Some(ev)
+    }
+
+    /// Whether any event for this jid was dropped because the queue was full.
+    pub fn lost_events(&self) -> bool {
+        self.queue.lost.load(Ordering::Relaxed)
+    }
+
+    /// Whether any return (`.../ret/...`) for this jid was dropped: only
+    /// when [`JID_RETURN_BYTES`] of returns were waiting unread.
+    pub fn lost_returns(&self) -> bool {
+        self.queue.lost_returns.load(Ordering::Relaxed)
+    }
+
+    /// The jid.
+    pub fn jid(&self) -> &str {
+        &self.jid
+    }
+}
+
+impl Drop for JidSubscription {
+    fn drop(&mut self) {
+        let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = state.by_jid.get_mut(&self.jid) {
+            list.retain(|w| w.id != self.id);
+            if list.is_empty() {
+                state.by_jid.remove(&self.jid);
+            }
+        }
+    }
+}
+
+pub(super) fn dispatch(shared: &Shared, event: Event) {
+    shared.events_seen.fetch_add(1, Ordering::Relaxed);
+    let event = Arc::new(event);
+    if let Some(jid) = event.jid() {
+        let cache = event.tag.starts_with("salt/run/") || event.tag.starts_with("salt/wheel/");
+        let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(list) = state.by_jid.get_mut(jid) {
+            list.retain(|w| {
+                if w.tx.is_closed() {
+                    return false;
+                }
+                if w.queue.admit(&event) {
+                    // A receiver dropped since the check is unregistered by
+                    // its own `Drop`.
+                    let _ = w.tx.send(event.clone());
+                }
+                true
+            });
+            if list.is_empty() {
+                state.by_jid.remove(jid);
+            }
+        }
+        if cache && event.raw_len() < RECENT_BYTES / 4 {
+            state.recent_bytes += event.raw_len();
+            state.recent.push_back(event.clone());
+            state
+                .recent_by_jid
+                .entry(jid.to_owned())
+                .or_default()
+                .push(event.clone());
+            while state.recent.len() > RECENT_EVENTS || state.recent_bytes > RECENT_BYTES {
+                let Some(old) = state.recent.pop_front() else {
+                    break;
+                };
+                state.recent_bytes -= old.raw_len();
+                if let Some(old_jid) = old.jid() {
+                    if let Some(list) = state.recent_by_jid.get_mut(old_jid) {
+                        // The oldest event of a jid is the first in its list.
+                        if !list.is_empty() {
+                            list.remove(0);
+                        }
+                        if list.is_empty() {
+                            state.recent_by_jid.remove(old_jid);
+                        }
+                    }
+                }
+            }
+        }
+    }
+    if shared.stream.receiver_count() > 0 {
+        let _ = shared.stream.send(event);
+    }
+}

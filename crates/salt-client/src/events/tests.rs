@@ -1,0 +1,233 @@
+//! Frames, fan-out and bounds, without a master.
+
+use super::*;
+use serde_json::json;
+
+fn frame_bytes(tag: &str, data: &Json, framing: Framing) -> Vec<u8> {
+    encode_frame(&pack_body(tag, data), framing)
+}
+
+#[test]
+fn frame_walker_matches_a_full_decode() {
+    for data in [
+        json!({"a": 1}),
+        json!({"return": "x".repeat(70_000)}),
+        json!(null),
+    ] {
+        let body = pack_body("salt/job/1/ret/m", &data);
+        // body as bin (3006+) and as str (what 3008 accepts on the pull side)
+        for msg in [
+            value::map([
+                ("head", Mp::Map(vec![])),
+                ("body", Mp::Binary(body.clone())),
+            ]),
+            value::map([
+                (
+                    "body",
+                    Mp::from(String::from_utf8_lossy(&body).into_owned()),
+                ),
+                ("head", Mp::Map(vec![])),
+            ]),
+        ] {
+            let frame = Bytes::from(value::encode(&msg));
+            let ev = event_from_frame(&frame)
+                .expect("valid")
+                .expect("has a body");
+            assert_eq!(ev.tag, "salt/job/1/ret/m");
+            if msg.as_map().is_some_and(|m| matches!(m[0].1, Mp::Map(_))) {
+                assert_eq!(ev.data(), &data);
+            }
+        }
+    }
+    let no_body = Bytes::from(value::encode(&value::map([("head", Mp::Map(vec![]))])));
+    assert!(event_from_frame(&no_body).expect("valid").is_none());
+    let truncated = Bytes::from(vec![0x81, 0xa4, b'b', b'o', b'd', b'y', 0xc4, 0x10, 1, 2]);
+    assert!(event_from_frame(&truncated).is_err());
+}
+
+#[tokio::test]
+async fn recent_runner_events_are_replayed_and_evicted() {
+    let bus = EventBus::start_at(
+        Endpoint::Unix("/nonexistent/pub".into()),
+        Endpoint::Unix("/nonexistent/pull".into()),
+    );
+    let data = Bytes::from(value::encode(&value::from_json(&json!({"return": 1}))));
+    for i in 0..(RECENT_EVENTS + 10) {
+        dispatch(
+            &bus.shared,
+            Event::new(format!("salt/run/{:020}/ret", i), data.clone()),
+        );
+    }
+    // The oldest were evicted, the newest are replayed to a late waiter.
+    let mut late = bus.subscribe_jid(&format!("{:020}", RECENT_EVENTS + 9));
+    let ev = late.recv().await.expect("replayed");
+    assert_eq!(ev.data(), &json!({"return": 1}));
+    let mut early = bus.subscribe_jid(&format!("{:020}", 0));
+    assert!(
+        tokio::time::timeout(Duration::from_millis(50), early.recv())
+            .await
+            .is_err()
+    );
+    let state = bus.shared.state.lock().expect("lock");
+    assert_eq!(state.recent.len(), RECENT_EVENTS);
+    assert_eq!(state.recent_by_jid.len(), RECENT_EVENTS);
+}
+
+/// Everything queued for `w` right now.
+async fn drain(w: &mut JidSubscription) -> Vec<Arc<Event>> {
+    let mut out = Vec::new();
+    while let Ok(Some(ev)) = tokio::time::timeout(Duration::from_millis(20), w.recv()).await {
+        out.push(ev);
+    }
+    out
+}
+
+#[tokio::test]
+async fn a_full_waiter_loses_other_events_but_never_a_return() {
+    let bus = EventBus::start_at(
+        Endpoint::Unix("/nonexistent/pub".into()),
+        Endpoint::Unix("/nonexistent/pull".into()),
+    );
+    let jid = "20260101000000000001";
+    let mut w = bus.subscribe_jid(jid);
+    let data = Bytes::from(value::encode(&value::from_json(&json!({"return": true}))));
+    // The waiter does not read: first its queue fills with progress
+    // events, then 10,000 minions return at once, among unrelated events.
+    for i in 0..(JID_QUEUE + 100) {
+        dispatch(
+            &bus.shared,
+            Event::new(format!("salt/job/{jid}/prog/m-{i}/0"), data.clone()),
+        );
+    }
+    for i in 0..10_000 {
+        dispatch(
+            &bus.shared,
+            Event::new(format!("salt/job/{jid}/ret/m-{i}"), data.clone()),
+        );
+        dispatch(
+            &bus.shared,
+            Event::new(format!("minion_start/other-{i}"), data.clone()),
+        );
+    }
+    assert!(
+        w.lost_events(),
+        "the progress events beyond the queue were dropped"
+    );
+    assert!(!w.lost_returns());
+    let got = drain(&mut w).await;
+    let returns = got.iter().filter(|e| is_return_tag(&e.tag)).count();
+    assert_eq!(returns, 10_000, "no return was lost");
+    assert_eq!(got.len() - returns, JID_QUEUE);
+    // Receiving gave the room back: the queue takes events again.
+    dispatch(
+        &bus.shared,
+        Event::new(format!("salt/job/{jid}/prog/late/0"), data.clone()),
+    );
+    assert_eq!(drain(&mut w).await.len(), 1);
+}
+
+#[tokio::test]
+async fn returns_are_bounded_by_bytes() {
+    let bus = EventBus::start_at(
+        Endpoint::Unix("/nonexistent/pub".into()),
+        Endpoint::Unix("/nonexistent/pull".into()),
+    );
+    let jid = "20260101000000000002";
+    let mut w = bus.subscribe_jid(jid);
+    // One shared 1 MiB buffer, charged per event as if each were its own.
+    let big = Bytes::from(vec![0xc3; 1 << 20]);
+    let n = JID_RETURN_BYTES / (1 << 20) + 20;
+    for i in 0..n {
+        dispatch(
+            &bus.shared,
+            Event::new(format!("salt/job/{jid}/ret/m-{i}"), big.clone()),
+        );
+    }
+    assert!(w.lost_events() && w.lost_returns());
+    let got = drain(&mut w).await.len();
+    let each = (1 << 20) + format!("salt/job/{jid}/ret/m-100").len() + RETURN_OVERHEAD;
+    let fits = JID_RETURN_BYTES / each;
+    assert!(got < n, "{got} of {n} queued");
+    assert!(got.abs_diff(fits) <= 1, "{got} queued, {fits} fit");
+}
+
+#[test]
+fn return_tags() {
+    assert!(is_return_tag("salt/job/20261126203708483354/ret/ms-0"));
+    assert!(is_return_tag("salt/run/20261126203708483354/ret"));
+    assert!(is_return_tag("salt/wheel/20261126203708483354/ret"));
+    assert!(!is_return_tag("salt/job/20261126203708483354/new"));
+    assert!(!is_return_tag("salt/job/20261126203708483354/prog/ms-0/0"));
+    assert!(!is_return_tag("salt/auth"));
+    assert!(!is_return_tag("ret"));
+}
+
+#[test]
+fn jid_extraction() {
+    assert_eq!(
+        jid_of_tag("salt/job/20261126203708483354/ret/ms-0"),
+        Some("20261126203708483354")
+    );
+    assert_eq!(
+        jid_of_tag("salt/run/20261126203708483354/ret"),
+        Some("20261126203708483354")
+    );
+    assert_eq!(
+        jid_of_tag("20261126203708483354"),
+        Some("20261126203708483354")
+    );
+    assert_eq!(jid_of_tag("salt/auth"), None);
+    assert_eq!(jid_of_tag("minion_start"), None);
+    assert_eq!(jid_of_tag("salt/job//ret"), None);
+}
+
+#[test]
+fn detects_both_framings_and_decodes_stream_split_anywhere() {
+    for framing in [Framing::Bare, Framing::Prefixed] {
+        let mut stream = frame_bytes("a/b", &json!({"x": 1}), framing);
+        stream.extend(frame_bytes(
+            "salt/job/1/ret/m",
+            &json!({"return": [1, 2]}),
+            framing,
+        ));
+        for split in 0..stream.len() {
+            let mut d = FrameDecoder::new();
+            let mut got = Vec::new();
+            d.extend(&stream[..split]);
+            while let Some(e) = d.next_event().expect("valid") {
+                got.push(e);
+            }
+            d.extend(&stream[split..]);
+            while let Some(e) = d.next_event().expect("valid") {
+                got.push(e);
+            }
+            assert_eq!(d.framing(), Some(framing));
+            assert_eq!(got.len(), 2, "split at {split}");
+            assert_eq!(got[0].tag, "a/b");
+            assert_eq!(got[1].data(), &json!({"return": [1, 2]}));
+        }
+    }
+}
+
+#[test]
+fn msgpack_len_matches_encoder() {
+    let samples = [
+        json!(null),
+        json!([1, 2, {"a": "b"}]),
+        json!({"k": "x".repeat(300), "n": -5, "f": 1.5, "big": u64::MAX}),
+        json!("y".repeat(70000)),
+    ];
+    for s in samples {
+        let bytes = value::encode(&value::from_json(&s));
+        assert_eq!(msgpack_len(&bytes), Ok(Some(bytes.len())));
+        assert_eq!(msgpack_len(&bytes[..bytes.len() - 1]), Ok(None));
+    }
+    assert!(msgpack_len(&[0xc1]).is_err());
+}
+
+#[test]
+fn garbage_prefixed_length_is_an_error_not_an_allocation() {
+    let mut d = FrameDecoder::new();
+    d.extend(&[0x7f, 0xff, 0xff, 0xff, 0x00]);
+    assert!(d.next_event().is_err());
+}
