@@ -48,6 +48,33 @@ impl ApiError {
         )
     }
 
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, message)
+    }
+
+    pub fn not_found() -> Self {
+        Self::new(StatusCode::NOT_FOUND, "The path was not found")
+    }
+
+    /// A credential check refused by the throttle (`throttle.rs`).
+    pub fn throttled(t: crate::throttle::Throttled) -> Self {
+        Self::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            format!(
+                "Too many failed authentication attempts; try again in {} s",
+                t.retry_after
+            ),
+        )
+    }
+
+    pub fn internal(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::INTERNAL_SERVER_ERROR, message)
+    }
+
+    pub fn gateway_timeout(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::GATEWAY_TIMEOUT, message)
+    }
+
     pub fn payload_too_large(limit: usize) -> Self {
         Self::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -84,9 +111,16 @@ impl From<SaltError> for ApiError {
     }
 }
 
+/// An error response in rest_wsgi's shape (`{"return": "<message>"}`), with
+/// the error itself in the response's extensions: a surface that shapes
+/// errors differently (rest_cherrypy: negotiated JSON or YAML with `status`)
+/// re-renders it in one layer, so handlers and extractors just return
+/// `Err(ApiError)` (the pattern of axum's error-handling example).
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let body = json!({"return": self.message});
-        crate::response::json_response(self.status, &body)
+        let mut resp = crate::response::json_response(self.status, &body);
+        resp.extensions_mut().insert(self);
+        resp
     }
 }

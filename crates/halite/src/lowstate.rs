@@ -7,8 +7,6 @@ use salt_client::clients::{Client, Lowstate, Output};
 use salt_client::{redact, ErrorKind};
 use serde_json::Value as Json;
 
-use axum::http::StatusCode;
-
 use crate::error::ApiError;
 use crate::metrics::CallLabels;
 use crate::state::AppState;
@@ -62,9 +60,7 @@ pub async fn run_chunks(state: &AppState, chunks: Vec<Lowstate>) -> Result<Vec<J
             Some(
                 Throttle::global()
                     .begin(field("username"), field("password"), throttle::peer())
-                    .map_err(|t| {
-                        ApiError::new(StatusCode::TOO_MANY_REQUESTS, throttle::message(t))
-                    })?,
+                    .map_err(ApiError::throttled)?,
             )
         };
         let client = client_label(&chunk);

@@ -243,7 +243,7 @@ pub async fn cherrypy(
     req: Request,
     next: Next,
 ) -> Response {
-    use crate::cherrypy::{format, session, Format};
+    use crate::cherrypy::{format, session};
     let with_session = req.uri().path().trim_end_matches('/').is_empty();
     let parse = |headers: &HeaderMap, bytes: &[u8]| {
         format::lowstate(format::parse_body(headers, bytes)?.data)
@@ -255,16 +255,16 @@ pub async fn cherrypy(
                     Ok(token) => {
                         chunk.insert("token".into(), json!(token));
                     }
-                    Err(e) => return Format::Json.error(e),
+                    Err(e) => return e.into_response(),
                 }
             }
             match answer(&state.app.netapi, chunk, kind).await {
                 Ok(r) => r,
-                Err(e) => Format::Json.error(e),
+                Err(e) => e.into_response(),
             }
         }
         Ok(Err(req)) => next.run(req).await,
-        Err(e) => Format::Json.error(e),
+        Err(e) => e.into_response(),
     }
 }
 

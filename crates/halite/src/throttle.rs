@@ -257,14 +257,6 @@ pub async fn remember_peer(req: Request, next: Next) -> Response {
     PEER.scope(ip, next.run(req)).await
 }
 
-/// The `429` text of a refusal.
-pub fn message(t: Throttled) -> String {
-    format!(
-        "Too many failed authentication attempts; try again in {} s",
-        t.retry_after
-    )
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

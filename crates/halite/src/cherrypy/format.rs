@@ -55,6 +55,13 @@ impl Format {
         best.map(|(_, f)| f)
     }
 
+    /// The format errors are shaped in: the negotiated one, JSON when the
+    /// client accepts neither (its 406 must still say something).
+    pub fn lenient(headers: &HeaderMap) -> Format {
+        let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
+        Format::from_accept(accept).unwrap_or(Format::Json)
+    }
+
     fn content_type(self) -> &'static str {
         match self {
             Format::Json => JSON,
@@ -99,18 +106,18 @@ impl Format {
         resp
     }
 
-    /// Render a handler result.
-    pub fn result(self, r: Result<Json, ApiError>) -> Response {
-        match r {
-            Ok(v) => self.ok(&v),
-            Err(e) => self.error(e),
-        }
+    /// `200` with the value of a handler's body, or its error.
+    pub async fn try_ok(
+        self,
+        value: impl std::future::Future<Output = Result<Json, ApiError>>,
+    ) -> Result<Response, ApiError> {
+        Ok(self.ok(&value.await?))
     }
 }
 
 /// Extractor: the negotiated format, or 406 in JSON when none fits.
 impl<S: Send + Sync> FromRequestParts<S> for Format {
-    type Rejection = Response;
+    type Rejection = ApiError;
 
     async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Self::Rejection> {
         let accept = parts
@@ -118,9 +125,7 @@ impl<S: Send + Sync> FromRequestParts<S> for Format {
             .get(header::ACCEPT)
             .and_then(|v| v.to_str().ok());
         Format::from_accept(accept).ok_or_else(|| {
-            Format::Json.error(ApiError::not_acceptable(format!(
-                "Acceptable response types are {JSON} and {YAML}"
-            )))
+            ApiError::not_acceptable(format!("Acceptable response types are {JSON} and {YAML}"))
         })
     }
 }

@@ -5,14 +5,13 @@
 
 use std::net::{IpAddr, SocketAddr};
 
-use axum::body::Body;
 use axum::extract::{ConnectInfo, Path, State};
 use axum::http::HeaderMap;
 use axum::response::Response;
 use serde_json::{json, Map, Value as Json};
 
 use super::format::Format;
-use super::lowdata::parse;
+use super::lowdata::Data;
 use super::{session, CpState};
 use crate::error::ApiError;
 
@@ -71,15 +70,14 @@ pub async fn hook(
     fmt: Format,
     path: Option<Path<String>>,
     headers: HeaderMap,
-    body: Body,
-) -> Response {
+    Data(parsed): Data,
+) -> Result<Response, ApiError> {
     let r = async {
         let master = state.app.netapi.master().clone();
         if !state.opts.webhook_disable_auth {
             let token = session::require_token(&headers)?;
             session::validate(&master, &token).await?;
         }
-        let parsed = parse(&state, &headers, body).await?;
         let mut tag = String::from("salt/netapi/hook");
         if let Some(Path(p)) = path {
             let p = p.trim_matches('/');
@@ -98,15 +96,12 @@ pub async fn hook(
         tokio::time::timeout(FIRE_TIMEOUT, master.bus().fire(&tag, &data))
             .await
             .map_err(|_| {
-                ApiError::new(
-                    axum::http::StatusCode::GATEWAY_TIMEOUT,
-                    "The Salt event bus did not take the event in time",
-                )
+                ApiError::gateway_timeout("The Salt event bus did not take the event in time")
             })?
             .map_err(ApiError::from)?;
         Ok(json!({"success": true}))
     };
-    fmt.result(r.await)
+    fmt.try_ok(r).await
 }
 
 #[cfg(test)]

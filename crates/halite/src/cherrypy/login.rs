@@ -7,18 +7,18 @@
 
 use std::net::SocketAddr;
 
-use axum::body::Body;
 use axum::extract::{ConnectInfo, State};
-use axum::http::{header, HeaderMap, HeaderValue, StatusCode};
+use axum::http::{header, HeaderValue};
 use axum::response::Response;
 use salt_client::auth;
 use serde_json::{json, Map, Value as Json};
 
-use super::format::{self, Format};
-use super::lowdata::{exec, parse};
-use super::{session, CpState};
+use super::format::Format;
+use super::lowdata::{exec, Data, Lowdata};
+use super::session::{self, Session};
+use super::CpState;
 use crate::error::ApiError;
-use crate::throttle::{self, Throttle};
+use crate::throttle::Throttle;
 
 /// `GET /login`: how to log in. `status` is `null` as in salt-api (it
 /// reports CherryPy's not-yet-set response status).
@@ -50,12 +50,10 @@ pub async fn login_post(
     State(state): State<CpState>,
     ConnectInfo(peer): ConnectInfo<SocketAddr>,
     fmt: Format,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+    Data(parsed): Data,
+) -> Result<Response, ApiError> {
     let master = state.app.netapi.master().clone();
     let r = async {
-        let parsed = parse(&state, &headers, body).await?;
         let creds = creds_of(parsed.data)?;
         let field = |k: &str| creds.get(k).and_then(Json::as_str).unwrap_or("").to_owned();
         let (eauth, username, password) = (field("eauth"), field("username"), field("password"));
@@ -70,7 +68,7 @@ pub async fn login_post(
         }
         let attempt = Throttle::global()
             .begin(&username, &password, Some(peer.ip()))
-            .map_err(|t| ApiError::new(StatusCode::TOO_MANY_REQUESTS, throttle::message(t)))?;
+            .map_err(ApiError::throttled)?;
         let mut extra = Map::new();
         if let Some(v) = creds.get("token_expire") {
             extra.insert("token_expire".into(), v.clone());
@@ -100,46 +98,36 @@ pub async fn login_post(
         }]});
         Ok((t, expire.as_f64().unwrap_or(0.0), body))
     };
-    match r.await {
-        Ok((token, expire, body)) => {
-            let mut resp = fmt.ok(&body);
-            let h = resp.headers_mut();
-            if let Ok(v) = HeaderValue::from_str(&token) {
-                h.insert("x-auth-token", v);
-            }
-            if let Some(v) = session::session_cookie(&token, expire, state.opts.tls) {
-                h.insert(header::SET_COOKIE, v);
-            }
-            resp
-        }
-        Err(e) => fmt.error(e),
+    let (token, expire, body) = r.await?;
+    let mut resp = fmt.ok(&body);
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&token) {
+        h.insert("x-auth-token", v);
     }
+    if let Some(v) = session::session_cookie(&token, expire, state.opts.tls) {
+        h.insert(header::SET_COOKIE, v);
+    }
+    Ok(resp)
 }
 
 /// `POST /logout`: revoke the token on the master and expire the cookie.
-pub async fn logout(State(state): State<CpState>, fmt: Format, headers: HeaderMap) -> Response {
-    let secure = state.opts.tls;
+pub async fn logout(
+    State(state): State<CpState>,
+    fmt: Format,
+    Session(token): Session,
+) -> Result<Response, ApiError> {
     let master = state.app.netapi.master().clone();
-    let r = async {
-        let token = session::require_token(&headers)?;
-        session::validate(&master, &token).await?;
-        let revoked = revoke(&state, &token).await;
-        Ok(if revoked {
-            json!({"return": "Your token has been cleared"})
-        } else {
-            json!({"return": "Your session has been cleared, but the token could not be revoked on the master; it stays valid until it expires"})
-        })
+    session::validate(&master, &token).await?;
+    let v = if revoke(&state, &token).await {
+        json!({"return": "Your token has been cleared"})
+    } else {
+        json!({"return": "Your session has been cleared, but the token could not be revoked on the master; it stays valid until it expires"})
     };
-    match r.await {
-        Ok(v) => {
-            let mut resp = fmt.ok(&v);
-            if let Some(v) = session::session_cookie("", 0.0, secure) {
-                resp.headers_mut().insert(header::SET_COOKIE, v);
-            }
-            resp
-        }
-        Err(e) => fmt.error(e),
+    let mut resp = fmt.ok(&v);
+    if let Some(v) = session::session_cookie("", 0.0, state.opts.tls) {
+        resp.headers_mut().insert(header::SET_COOKIE, v);
     }
+    Ok(resp)
 }
 
 /// Remove a token from the master's token store. There is no clear command
@@ -174,12 +162,9 @@ async fn revoke(state: &CpState, token: &str) -> bool {
 pub async fn token(
     State(state): State<CpState>,
     fmt: Format,
-    headers: HeaderMap,
-    body: Body,
-) -> Response {
+    Lowdata(mut chunks): Lowdata,
+) -> Result<Response, ApiError> {
     let r = async {
-        let parsed = parse(&state, &headers, body).await?;
-        let mut chunks = format::lowstate(parsed.data)?;
         for creds in &mut chunks {
             let mut kwarg = Map::new();
             for k in ["username", "password", "eauth"] {
@@ -198,5 +183,5 @@ pub async fn token(
         }
         Ok(Json::Array(exec(&state, chunks, None, None).await?))
     };
-    fmt.result(r.await)
+    fmt.try_ok(r).await
 }

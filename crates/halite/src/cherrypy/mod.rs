@@ -25,6 +25,7 @@ use axum::Router;
 use serde_json::json;
 use tower::ServiceExt;
 
+use crate::error::ApiError;
 use crate::settings::CherrypyOptions;
 use crate::state::AppState;
 pub use format::Format;
@@ -105,6 +106,7 @@ pub fn router(app: AppState, opts: CherrypyOptions) -> Router {
         .fallback(not_found)
         .with_state(state.clone())
         .merge(crate::health::routes().with_state(app))
+        .layer(middleware::from_fn(shape_errors))
         .layer(middleware::from_fn(private_cache))
         .layer(middleware::from_fn_with_state(state.clone(), html_override))
         .layer(middleware::from_fn(cookie_needs_proof))
@@ -118,20 +120,33 @@ pub fn router(app: AppState, opts: CherrypyOptions) -> Router {
     }
 }
 
-fn lenient_format(headers: &axum::http::HeaderMap) -> Format {
-    let accept = headers.get(header::ACCEPT).and_then(|v| v.to_str().ok());
-    Format::from_accept(accept).unwrap_or(Format::Json)
+async fn method_not_allowed() -> ApiError {
+    ApiError::method_not_allowed()
 }
 
-async fn method_not_allowed(headers: axum::http::HeaderMap) -> Response {
-    lenient_format(&headers).error(crate::error::ApiError::method_not_allowed())
+async fn not_found() -> ApiError {
+    ApiError::not_found()
 }
 
-async fn not_found(headers: axum::http::HeaderMap) -> Response {
-    lenient_format(&headers).error(crate::error::ApiError::new(
-        StatusCode::NOT_FOUND,
-        "The path was not found",
-    ))
+/// Every error of this surface, whoever produced it (handler, extractor,
+/// fallback, layer), in rest_cherrypy's shape: `{"status": N, "return":
+/// "<message>"}` in the negotiated format, `WWW-Authenticate` on 401. The
+/// error travels in the response's extensions ([`ApiError`]'s
+/// `IntoResponse`); headers set on the way (`Retry-After`, cookies) stay.
+async fn shape_errors(req: Request, next: Next) -> Response {
+    let fmt = Format::lenient(req.headers());
+    let resp = next.run(req).await;
+    let Some(e) = resp.extensions().get::<ApiError>().cloned() else {
+        return resp;
+    };
+    let (parts, _) = resp.into_parts();
+    let mut shaped = fmt.error(e);
+    for (name, value) in &parts.headers {
+        if name != header::CONTENT_TYPE && name != header::CONTENT_LENGTH {
+            shaped.headers_mut().append(name.clone(), value.clone());
+        }
+    }
+    shaped
 }
 
 /// `GET /stats`: halite's own counters (salt-api shows CherryPy's).
@@ -139,20 +154,14 @@ async fn stats(
     State(state): State<CpState>,
     fmt: Format,
     headers: axum::http::HeaderMap,
-) -> Response {
+) -> Result<Response, ApiError> {
     if !state.opts.stats_disable_auth {
         let master = state.app.netapi.master().clone();
-        let checked = match session::require_token(&headers) {
-            Ok(t) => session::validate(&master, &t).await.map(|_| ()),
-            Err(e) => Err(e),
-        };
-        if let Err(e) = checked {
-            return fmt.error(e);
-        }
+        session::validate(&master, &session::require_token(&headers)?).await?;
     }
     let m = &state.app.metrics;
     let master = state.app.netapi.master();
-    fmt.ok(&json!({
+    Ok(fmt.ok(&json!({
         "halite": {
             "version": env!("CARGO_PKG_VERSION"),
             "requests": m.requests(),
@@ -164,7 +173,7 @@ async fn stats(
             "events": master.bus().events_seen(),
             "job_waiters": master.bus().waiting_jids(),
         }
-    }))
+    })))
 }
 
 /// `Cache-Control: private` on every reply to a request that carried a
@@ -281,10 +290,10 @@ async fn cookie_needs_proof(req: Request, next: Next) -> Response {
     if safe || !cookie_only || req.uri().path() == "/login" || !cross_site_postable(h) {
         return next.run(req).await;
     }
-    lenient_format(h).error(crate::error::ApiError::new(
-        StatusCode::FORBIDDEN,
+    ApiError::forbidden(
         "A request authenticated by the session cookie alone needs a JSON body or the X-Auth-Token header",
-    ))
+    )
+    .into_response()
 }
 
 /// With `app` configured, a browser asking for HTML anywhere but under the

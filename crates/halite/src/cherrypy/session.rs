@@ -7,7 +7,7 @@
 //! which validates it; endpoints that do not call the master with it check
 //! it with `get_token`.
 
-use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::http::{HeaderMap, HeaderValue};
 use salt_client::auth;
 use salt_client::master::Master;
 
@@ -65,11 +65,30 @@ pub fn session_cookie(token: &str, expire: f64, secure: bool) -> Option<HeaderVa
     .ok()
 }
 
+/// Extractor: the request's session token (header or cookie), well formed;
+/// 401 otherwise. The master judges the token when it is used.
+pub struct Session(pub String);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for Session {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        _: &S,
+    ) -> Result<Self, Self::Rejection> {
+        require_token(&parts.headers).map(Session)
+    }
+}
+
+/// The 401 of a request that carries no token at all.
+pub fn no_token() -> ApiError {
+    ApiError::unauthorized("No authentication token given")
+}
+
 /// The session token or 401 (rest_cherrypy's `salt_auth` tool). The token
 /// must look like one; the master judges it when it is used.
 pub fn require_token(headers: &HeaderMap) -> Result<String, ApiError> {
-    let token = request_token(headers)
-        .ok_or_else(|| ApiError::unauthorized("No authentication token given"))?;
+    let token = request_token(headers).ok_or_else(no_token)?;
     auth::validate_token_text(&token).map_err(|_| ApiError::unauthorized("Invalid token"))?;
     Ok(token)
 }
@@ -89,7 +108,7 @@ pub async fn validate(master: &Master, token: &str) -> Result<auth::Token, ApiEr
     auth::validate_token_text(token).map_err(|_| ApiError::unauthorized("Invalid token"))?;
     let attempt = Throttle::global()
         .begin("", token, throttle::peer())
-        .map_err(|t| ApiError::new(StatusCode::TOO_MANY_REQUESTS, throttle::message(t)))?;
+        .map_err(ApiError::throttled)?;
     match auth::get_token(master, token).await? {
         Some(t) => {
             attempt.succeeded();

@@ -19,7 +19,6 @@ use salt_client::redact;
 use serde_json::{json, Map, Value as Json};
 use tokio::sync::{broadcast, mpsc, OwnedSemaphorePermit, Semaphore};
 
-use super::format::Format;
 use super::{session, CpState};
 use crate::error::ApiError;
 use crate::settings::EventVisibility;
@@ -180,15 +179,10 @@ pub async fn events(
     State(state): State<CpState>,
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
-) -> Response {
+) -> Result<Response, ApiError> {
     let master = state.app.netapi.master().clone();
-    let Some(token) = stream_token(&headers, &query, None) else {
-        return Format::Json.error(ApiError::unauthorized("No authentication token given"));
-    };
-    let filter = match session::validate(&master, &token).await {
-        Ok(t) => filter_for(&state, &t),
-        Err(e) => return Format::Json.error(e),
-    };
+    let token = stream_token(&headers, &query, None).ok_or_else(session::no_token)?;
+    let filter = filter_for(&state, &session::validate(&master, &token).await?);
     let (tx, rx) = mpsc::unbounded_channel();
     tokio::spawn(feed_sse(
         state,
@@ -213,7 +207,7 @@ pub async fn events(
         HeaderValue::from_static("text/event-stream"),
     );
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    resp
+    Ok(resp)
 }
 
 /// `GET /ws` and `GET /ws/<token>`.
@@ -223,20 +217,16 @@ pub async fn ws(
     Query(query): Query<HashMap<String, String>>,
     headers: HeaderMap,
     upgrade: WebSocketUpgrade,
-) -> Response {
+) -> Result<Response, ApiError> {
     let master = state.app.netapi.master().clone();
-    let Some(token) = stream_token(&headers, &query, token.map(|Path(t)| t)) else {
-        return Format::Json.error(ApiError::unauthorized("No authentication token given"));
-    };
-    let filter = match session::validate(&master, &token).await {
-        Ok(t) => filter_for(&state, &t),
-        Err(e) => return Format::Json.error(e),
-    };
+    let token =
+        stream_token(&headers, &query, token.map(|Path(t)| t)).ok_or_else(session::no_token)?;
+    let filter = filter_for(&state, &session::validate(&master, &token).await?);
     let format_events = query.contains_key("format_events");
-    upgrade
+    Ok(upgrade
         .max_message_size(WS_MAX_INBOUND)
         .max_frame_size(WS_MAX_INBOUND)
-        .on_upgrade(move |socket| ws_session(socket, state, token, filter, format_events))
+        .on_upgrade(move |socket| ws_session(socket, state, token, filter, format_events)))
 }
 
 /// Send one message, or give up after [`SEND_TIMEOUT`] (the client is
