@@ -51,7 +51,11 @@ pub async fn run_chunks(state: &AppState, chunks: Vec<Lowstate>) -> Result<Vec<J
             let shown = redact::redacted(&Json::Object(chunk.clone())).to_string();
             tracing::debug!(lowstate = %crate::logsafe::bounded(&shown), "running lowstate");
         }
-        let attempt = if chunk.contains_key("token") {
+        let present = |k: &str| chunk.contains_key(k);
+        let attempt = if chunk.contains_key("token") || !present("username") || !present("password")
+        {
+            // A token, or credentials so incomplete that they are refused
+            // before they reach the master: nothing to throttle.
             None
         } else {
             // Inline eauth credentials: the master checks them (PAM holds
