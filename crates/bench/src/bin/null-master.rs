@@ -26,11 +26,10 @@ use bytes::{Buf, Bytes, BytesMut};
 use clap::Parser;
 use rmpv::Value as Mp;
 use salt_client::events::{encode_frame, Framing};
-use salt_client::transport::zmtp;
 use salt_client::value;
 use serde_json::{json, Value as Json};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream, UnixListener, UnixStream};
+use tokio::net::{TcpListener, UnixListener, UnixStream};
 use tokio::sync::broadcast;
 
 #[derive(Debug, Parser)]
@@ -374,70 +373,13 @@ fn auth_error(name: &str) -> Mp {
     value::from_json(&json!({"error": {"name": name, "message": "Authentication error occurred."}}))
 }
 
-fn ready_router() -> Vec<u8> {
-    let mut body = Vec::with_capacity(48);
-    body.push(5);
-    body.extend_from_slice(b"READY");
-    body.push(11);
-    body.extend_from_slice(b"Socket-Type");
-    body.extend_from_slice(&6u32.to_be_bytes());
-    body.extend_from_slice(b"ROUTER");
-    body.push(8);
-    body.extend_from_slice(b"Identity");
-    body.extend_from_slice(&0u32.to_be_bytes());
-    let mut out = Vec::with_capacity(56);
-    zmtp::put_frame(&mut out, &body, false, true);
-    out
-}
+/// The request server's handler: the simulated master answers every
+/// request (the ZMTP server itself is salt-testkit's).
+struct SimHandler(Arc<Sim>);
 
-/// One DEALER client: handshake, then request/reply until it goes away.
-async fn serve_zmtp(mut stream: TcpStream, sim: Arc<Sim>) -> Result<(), String> {
-    let _ = stream.set_nodelay(true);
-    let mut hello = zmtp::greeting().to_vec();
-    hello[32] = 1; // as-server
-    hello.extend_from_slice(&ready_router());
-    stream.write_all(&hello).await.map_err(|e| e.to_string())?;
-    let mut buf = BytesMut::with_capacity(8192);
-    while buf.len() < 64 {
-        if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
-            return Ok(());
-        }
-    }
-    zmtp::check_greeting(&buf[..64]).map_err(|e| e.to_string())?;
-    buf.advance(64);
-    let mut parts: Vec<BytesMut> = Vec::with_capacity(2);
-    let mut out = Vec::with_capacity(512);
-    loop {
-        while let Some(frame) = zmtp::parse_frame(&mut buf).map_err(|e| e.to_string())? {
-            if frame.command {
-                if zmtp::command_name(&frame.body) == Some(b"PING") {
-                    let pong = zmtp::pong_for(&frame.body);
-                    stream.write_all(&pong).await.map_err(|e| e.to_string())?;
-                }
-                continue;
-            }
-            let more = frame.more;
-            parts.push(frame.body);
-            if more {
-                continue;
-            }
-            let payload = parts.pop().unwrap_or_default();
-            parts.clear();
-            let reply = match value::decode(&payload) {
-                Ok(env) => sim.handle(&env),
-                Err(_) => value::from_json(&json!({"error": "Routing error"})),
-            };
-            out.clear();
-            zmtp::put_frame(&mut out, b"", true, false);
-            zmtp::put_frame(&mut out, &value::encode(&reply), false, false);
-            stream.write_all(&out).await.map_err(|e| e.to_string())?;
-        }
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(16 * 1024);
-        }
-        if stream.read_buf(&mut buf).await.map_err(|e| e.to_string())? == 0 {
-            return Ok(());
-        }
+impl salt_testkit::Handler for SimHandler {
+    fn handle(&self, envelope: &Mp) -> salt_testkit::Reply {
+        salt_testkit::Reply::Raw(value::encode(&self.0.handle(envelope)))
     }
 }
 
@@ -656,23 +598,13 @@ fn main() -> std::process::ExitCode {
         });
         let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
             .map_err(|e| e.to_string())?;
-        loop {
-            tokio::select! {
-                acc = req.accept() => match acc {
-                    Ok((stream, _)) => {
-                        let s = sim.clone();
-                        tokio::spawn(async move {
-                            let _ = serve_zmtp(stream, s).await;
-                        });
-                    }
-                    Err(e) => {
-                        eprintln!("null-master: accept: {e}");
-                        tokio::time::sleep(Duration::from_millis(50)).await;
-                    }
-                },
-                _ = term.recv() => return Ok(()),
-                _ = tokio::signal::ctrl_c() => return Ok(()),
-            }
+        tokio::spawn(salt_testkit::serve_request_server(
+            req,
+            Arc::new(SimHandler(sim.clone())),
+        ));
+        tokio::select! {
+            _ = term.recv() => Ok(()),
+            _ = tokio::signal::ctrl_c() => Ok(()),
         }
     });
     match res {
