@@ -6,6 +6,11 @@
 //! * SIGHUP: re-read every surface's TLS certificate, key and chain; a file
 //!   that does not load keeps the old certificate and logs why. Open
 //!   connections are not touched; new handshakes use the new certificate.
+//!   The master config is read again too and its per-request parts (eauth
+//!   ACLs, nodegroups, enabled clients, timeouts) take effect for the next
+//!   request; a config that does not load, or that moves the master (address,
+//!   ports, transport, bus sockets: those need a restart), keeps the current
+//!   one and logs why.
 //! * systemd (`Type=notify`): `READY=1` once the listeners are bound and the
 //!   event bus is connected, `STOPPING=1` on SIGTERM. Without systemd these
 //!   notifications are no-ops.
@@ -128,6 +133,7 @@ pub async fn serve(config: MasterConfig, surfaces: Vec<Surface>) -> Result<(), S
         shutdown,
         grace,
         reloadable,
+        master.clone(),
         metrics,
     ));
     while let Some(done) = servers.join_next().await {
@@ -176,6 +182,7 @@ async fn handle_signals(
     shutdown: Shutdown,
     grace: Duration,
     reloadable: Vec<Reloadable>,
+    master: Master,
     metrics: Arc<Metrics>,
 ) {
     use tokio::signal::unix::{signal, SignalKind};
@@ -194,7 +201,10 @@ async fn handle_signals(
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
-            _ = hup.recv() => reload_tls(&reloadable, &metrics),
+            _ = hup.recv() => {
+                reload_tls(&reloadable, &metrics);
+                reload_master_config(&master);
+            }
         }
     }
     let _ = sd_notify::notify(&[NotifyState::Stopping]);
@@ -224,6 +234,25 @@ fn reload_tls(reloadable: &[Reloadable], metrics: &Metrics) {
                 metrics.tls_reload_failures.inc();
                 tracing::error!(surface = r.surface, error = %e, "SIGHUP: TLS reload failed; keeping the current certificate");
             }
+        }
+    }
+}
+
+/// SIGHUP: read the master config again (from the same file) and put its
+/// per-request parts in force; see [`Master::reload_config`].
+fn reload_master_config(master: &Master) {
+    let path = master.config().path().to_owned();
+    match MasterConfig::load(Some(&path)) {
+        Ok(new) => match master.reload_config(new) {
+            Ok(()) => tracing::info!(config = %path.display(), "SIGHUP: master config reloaded"),
+            Err(moved) => tracing::error!(
+                config = %path.display(),
+                keys = %moved.join(", "),
+                "SIGHUP: the new master config moves the master; restart halite to apply it (keeping the current config)"
+            ),
+        },
+        Err(e) => {
+            tracing::error!(error = %e, "SIGHUP: the master config does not load; keeping the current one")
         }
     }
 }

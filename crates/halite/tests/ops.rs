@@ -287,6 +287,67 @@ async fn sighup_rotates_the_certificate_under_load() {
     assert!(log.contains("keeping the current certificate"), "{log}");
 }
 
+/// SIGHUP puts the master config's per-request parts in force (here
+/// `netapi_enable_clients`) and refuses a config that moves the master.
+#[tokio::test]
+async fn sighup_reloads_the_master_config() {
+    let dir = temp_dir("sighup-config");
+    let config = dir.join("master");
+    let mut cfg = absent_master_config(&dir);
+    let port = free_port();
+    let mut section = serde_norway::Mapping::new();
+    section.insert("port".into(), port.into());
+    section.insert("host".into(), "127.0.0.1".into());
+    cfg.insert("rest_wsgi".into(), section.into());
+    let h = Halite::start_in(dir, &cfg, port);
+    let wheel = serde_json::json!([{"client": "wheel", "fun": "key.list_all",
+        "eauth": "auto", "username": "saltdev", "password": "x"}]);
+    let c = reqwest::Client::new();
+    let post = || c.post(h.url("/")).json(&wheel).send();
+    let r = post().await.expect("answers");
+    assert_eq!(r.status(), 400, "wheel is not enabled yet");
+    assert!(r.text().await.unwrap().contains("Client disabled"));
+
+    let wait_log = |needle: &str, times: usize| {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while h.log_text().matches(needle).count() < times {
+            assert!(
+                Instant::now() < deadline,
+                "no '{needle}' in the log:\n{}",
+                h.log_text()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    };
+    cfg.insert(
+        "netapi_enable_clients".into(),
+        serde_norway::from_str("[local, wheel]").unwrap(),
+    );
+    std::fs::write(&config, serde_norway::to_string(&cfg).unwrap()).unwrap();
+    h.signal("HUP");
+    wait_log("master config reloaded", 1);
+    // Enabled now: the call goes on to the master, which is not there.
+    assert_eq!(post().await.expect("answers").status(), 503);
+
+    // A config that moves the master is refused whole; the current one stays.
+    cfg.insert("ret_port".into(), free_port().into());
+    cfg.insert(
+        "netapi_enable_clients".into(),
+        serde_norway::from_str("[local]").unwrap(),
+    );
+    std::fs::write(&config, serde_norway::to_string(&cfg).unwrap()).unwrap();
+    h.signal("HUP");
+    wait_log("moves the master", 1);
+    assert!(h.log_text().contains("ret_port"), "{}", h.log_text());
+    assert_eq!(post().await.expect("answers").status(), 503);
+
+    // A config that does not load keeps the current one too.
+    std::fs::write(&config, "rest_wsgi: [unterminated").unwrap();
+    h.signal("HUP");
+    wait_log("does not load", 1);
+    assert_eq!(post().await.expect("answers").status(), 503);
+}
+
 #[test]
 fn sigterm_exits_zero_and_stops_accepting() {
     let mut h = wsgi("sigterm", &[]);

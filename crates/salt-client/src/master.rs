@@ -3,7 +3,7 @@
 //! cheaply cloneable handle.
 
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use rmpv::Value as Mp;
@@ -15,7 +15,8 @@ use crate::transport::RequestChannel;
 use crate::value;
 
 struct Inner {
-    config: Arc<MasterConfig>,
+    /// Swapped whole on reload ([`Master::reload_config`]).
+    config: RwLock<Arc<MasterConfig>>,
     channel: RequestChannel,
     bus: EventBus,
     last_jid: Mutex<u128>,
@@ -40,7 +41,7 @@ impl Master {
         let bus = EventBus::start(&config);
         Master {
             inner: Arc::new(Inner {
-                config,
+                config: RwLock::new(config),
                 channel,
                 bus,
                 last_jid: Mutex::new(0),
@@ -49,9 +50,48 @@ impl Master {
         }
     }
 
-    /// The master config halite was started with.
-    pub fn config(&self) -> &MasterConfig {
-        &self.inner.config
+    /// The master config in force (the one halite was started with, or the
+    /// last one [`reload_config`](Self::reload_config) accepted).
+    pub fn config(&self) -> Arc<MasterConfig> {
+        self.inner
+            .config
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Put a re-read config in force (an operator's SIGHUP): eauth ACLs,
+    /// nodegroups, enabled clients, timeouts, token settings and every other
+    /// key read per request. Where the master *is* (address, ports,
+    /// transport, event-bus sockets) is bound at start: a config that moves
+    /// it is refused whole, with the keys that differ, and the current one
+    /// stays.
+    pub fn reload_config(&self, new: MasterConfig) -> std::result::Result<(), Vec<&'static str>> {
+        let mut current = self.inner.config.write().unwrap_or_else(|p| p.into_inner());
+        let moved: Vec<&'static str> = [
+            ("interface", current.interface() != new.interface()),
+            ("ret_port", current.ret_port() != new.ret_port()),
+            ("transport", current.transport() != new.transport()),
+            ("ipc_mode", current.ipc_mode() != new.ipc_mode()),
+            ("sock_dir", current.sock_dir() != new.sock_dir()),
+            (
+                "tcp_master_pub_port",
+                current.tcp_master_pub_port() != new.tcp_master_pub_port(),
+            ),
+            (
+                "tcp_master_pull_port",
+                current.tcp_master_pull_port() != new.tcp_master_pull_port(),
+            ),
+            ("ipv6", current.ipv6() != new.ipv6()),
+        ]
+        .into_iter()
+        .filter_map(|(key, changed)| changed.then_some(key))
+        .collect();
+        if !moved.is_empty() {
+            return Err(moved);
+        }
+        *current = Arc::new(new);
+        Ok(())
     }
 
     /// The event bus subscription.

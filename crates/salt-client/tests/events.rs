@@ -115,7 +115,7 @@ async fn push_raw(pull: &Endpoint, body: &[u8], framing: Framing) {
 async fn raw_event_with_bytes_integer_keys_and_big_ints_converts_like_salt() {
     let (_lab, n) = netapi().await;
     let bus = n.master().bus();
-    let (_, pull) = endpoints(n.master().config());
+    let (_, pull) = endpoints(&n.master().config());
     let mut rx = bus.subscribe_all();
     let tag = format!("halite/test/raw/{}", uuid_like());
     // What Python's msgpack would make of

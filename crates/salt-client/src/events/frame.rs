@@ -5,6 +5,9 @@
 #[allow(unused_imports)]
 use super::*;
 
+/// The most the decoder reserves ahead of data it has not received.
+const RESERVE_STEP: usize = 1 << 20;
+
 pub fn split_body(body: &Bytes) -> (String, Bytes) {
     match body.windows(2).position(|w| w == b"\n\n") {
         Some(i) => (
@@ -107,7 +110,10 @@ impl FrameDecoder {
                         return Err(format!("event frame of {len} bytes is too large"));
                     }
                     if self.buf.len() < 4 + len {
-                        self.buf.reserve(4 + len - self.buf.len());
+                        // Grow with what arrives, not with what the prefix
+                        // claims: a lying length must not allocate up front.
+                        self.buf
+                            .reserve((4 + len - self.buf.len()).min(RESERVE_STEP));
                         return Ok(None);
                     }
                     self.buf.advance(4);
