@@ -18,8 +18,8 @@
 
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use bytes::{Buf, Bytes, BytesMut};
@@ -82,6 +82,10 @@ struct Sim {
     returns: HashMap<&'static str, Vec<u8>>,
     published: AtomicU64,
     lagged: AtomicU64,
+    /// The publish side's listener, for [`Sim::accept_pending`].
+    pub_listener: OnceLock<std::os::unix::net::UnixListener>,
+    firehose_secs: u64,
+    firehose_started: AtomicBool,
 }
 
 fn now() -> f64 {
@@ -103,14 +107,48 @@ impl Sim {
         )
     }
 
+    /// Subscribe one connection of the publish side to the bus and stream
+    /// to it (and start the firehose on the first one, if asked).
+    fn add_subscriber(self: &Arc<Self>, stream: UnixStream) {
+        let rx = self.bus.subscribe();
+        tokio::spawn(serve_sub(stream, self.clone(), rx));
+        // Subscribed before the firehose starts, so it has a reader.
+        if self.firehose_secs > 0 && !self.firehose_started.swap(true, Ordering::Relaxed) {
+            tokio::spawn(firehose(self.clone(), self.firehose_secs));
+        }
+    }
+
+    /// Subscribe every connection waiting in the publish side's backlog.
+    /// Called before anything is sent on the bus: a client's `connect` to
+    /// the publish side completes as soon as the kernel queues it, and the
+    /// client then counts itself subscribed (as it may with a real master)
+    /// and publishes a job; had the accept task not run yet (a loaded
+    /// machine), the job's events went to no receiver and were lost.
+    fn accept_pending(self: &Arc<Self>) {
+        let Some(listener) = self.pub_listener.get() else {
+            return;
+        };
+        // Non-blocking: `WouldBlock` (nothing waiting) ends it.
+        while let Ok((stream, _)) = listener.accept() {
+            let stream = stream
+                .set_nonblocking(true)
+                .and_then(|()| UnixStream::from_std(stream));
+            match stream {
+                Ok(s) => self.add_subscriber(s),
+                Err(e) => eprintln!("null-master: cannot serve a subscriber: {e}"),
+            }
+        }
+    }
+
     /// Publish one event body on the bus.
-    fn fire_body(&self, body: &[u8]) {
+    fn fire_body(self: &Arc<Self>, body: &[u8]) {
+        self.accept_pending();
         let _ = self
             .bus
             .send(Bytes::from(encode_frame(body, Framing::Bare)));
     }
 
-    fn fire(&self, tag: &str, data: &Json) {
+    fn fire(self: &Arc<Self>, tag: &str, data: &Json) {
         self.fire_body(&salt_client::events::pack_body(tag, data));
     }
 
@@ -274,6 +312,7 @@ impl Sim {
             }
         }
         if self.ret_delay.is_zero() {
+            self.accept_pending();
             for f in frames {
                 let _ = self.bus.send(f);
             }
@@ -281,6 +320,7 @@ impl Sim {
             let sim = self.clone();
             tokio::spawn(async move {
                 tokio::time::sleep(sim.ret_delay).await;
+                sim.accept_pending();
                 for f in frames {
                     let _ = sim.bus.send(f);
                 }
@@ -351,6 +391,7 @@ async fn firehose(sim: Arc<Sim>, secs: u64) {
     let end = tokio::time::Instant::now() + Duration::from_secs(secs);
     let mut sent = 0u64;
     while tokio::time::Instant::now() < end && sim.bus.receiver_count() > 0 {
+        sim.accept_pending();
         for f in &round {
             // Wait for the subscribers rather than lapping them, and let
             // the writers run (a single worker thread is the default).
@@ -536,13 +577,28 @@ fn main() -> std::process::ExitCode {
         returns,
         published: AtomicU64::new(0),
         lagged: AtomicU64::new(0),
+        pub_listener: OnceLock::new(),
+        firehose_secs: args.firehose_secs,
+        firehose_started: AtomicBool::new(false),
     });
     let res: Result<(), String> = runtime.block_on(async {
         let req = TcpListener::bind(("127.0.0.1", args.port))
             .await
             .map_err(|e| format!("cannot bind 127.0.0.1:{}: {e}", args.port))?;
-        let pub_l = bind_unix(&sock_dir.join("master_event_pub.ipc"))
-            .map_err(|e| format!("cannot bind master_event_pub.ipc: {e}"))?;
+        // The publish side is accepted both by its task below and by
+        // `Sim::accept_pending` (before every send), on one socket.
+        let pub_std = std::os::unix::net::UnixListener::bind({
+            let path = sock_dir.join("master_event_pub.ipc");
+            let _ = std::fs::remove_file(&path);
+            path
+        })
+        .and_then(|l| l.set_nonblocking(true).map(|()| l))
+        .map_err(|e| format!("cannot bind master_event_pub.ipc: {e}"))?;
+        let pub_l = pub_std
+            .try_clone()
+            .and_then(UnixListener::from_std)
+            .map_err(|e| format!("cannot listen on master_event_pub.ipc: {e}"))?;
+        let _ = sim.pub_listener.set(pub_std);
         let pull_l = bind_unix(&sock_dir.join("master_event_pull.ipc"))
             .map_err(|e| format!("cannot bind master_event_pull.ipc: {e}"))?;
         // Salt's LocalClient refuses to publish unless this socket exists
@@ -562,17 +618,9 @@ fn main() -> std::process::ExitCode {
             args.ret_delay_ms
         );
         let s = sim.clone();
-        let firehose_secs = args.firehose_secs;
         tokio::spawn(async move {
-            let mut first = true;
             while let Ok((stream, _)) = pub_l.accept().await {
-                // Subscribed before the firehose starts, so it has a reader.
-                let rx = s.bus.subscribe();
-                tokio::spawn(serve_sub(stream, s.clone(), rx));
-                if first && firehose_secs > 0 {
-                    tokio::spawn(firehose(s.clone(), firehose_secs));
-                }
-                first = false;
+                s.add_subscriber(stream);
             }
         });
         let s = sim.clone();
