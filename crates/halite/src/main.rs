@@ -32,8 +32,11 @@ Signals:
   SIGTERM, SIGINT  stop accepting, end /events and /ws streams, let requests
                    in flight finish (graceful_shutdown_timeout, default 30 s),
                    exit 0
-  SIGHUP           reload TLS certificates and keys; a file that does not load
-                   keeps the old certificate and is logged
+  SIGHUP           reload TLS certificates and keys, and the master config's
+                   per-request keys (external_auth, nodegroups, enabled
+                   clients, timeouts); a file that does not load, or a config
+                   that moves the master (ports, transport, sockets), keeps the
+                   current one and is logged
 
 Exit status: 0 after a clean stop, 1 on a runtime failure (e.g. a port in
 use), 2 on a configuration error.";
