@@ -130,6 +130,20 @@ impl<S: Send + Sync> FromRequestParts<S> for Format {
     }
 }
 
+/// The request's media type (`Content-Type` without parameters), lowercase;
+/// empty when there is none.
+pub fn media_type(headers: &HeaderMap) -> String {
+    headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .split(';')
+        .next()
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase()
+}
+
 /// A parsed request body (`unserialized_data` and `raw_body` in rest_cherrypy).
 #[derive(Debug, Clone, Default)]
 pub struct Parsed {
@@ -142,15 +156,7 @@ pub fn parse_body(headers: &HeaderMap, body: &[u8]) -> Result<Parsed, ApiError> 
     if body.is_empty() {
         return Ok(Parsed::default());
     }
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let ct = media_type(headers);
     let raw = String::from_utf8_lossy(body).into_owned();
     let data = match ct.as_str() {
         "application/json" => serde_json::from_slice::<Json>(body)

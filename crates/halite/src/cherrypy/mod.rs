@@ -264,15 +264,7 @@ async fn cors(State(state): State<CpState>, req: Request, next: Next) -> Respons
 /// Content types a page on another site can post without a CORS preflight
 /// (an HTML form or a plain `fetch`).
 fn cross_site_postable(headers: &axum::http::HeaderMap) -> bool {
-    let ct = headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .unwrap_or("")
-        .split(';')
-        .next()
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
+    let ct = format::media_type(headers);
     !matches!(
         ct.as_str(),
         "application/json" | "application/x-yaml" | "text/yaml"
