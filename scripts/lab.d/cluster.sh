@@ -197,6 +197,9 @@ cl_start_master() { # i
   if pid=$(cl_master_running "$i"); then log "m$i already running (pid $pid)"; return 0; fi
   cl_port_open "$addr" "$RET_PORT" && die "$addr:$RET_PORT is already in use by another program"
   rm -f "$(cl_master_pidfile "$i")"
+  # Salt 3008.5: a member restarted on its persisted Raft state never becomes a committed voter
+  # again (it answers every request with cluster_retry); without it, it rejoins in seconds.
+  rm -rf "$CL_SHARED/cache/cluster/consensus/$addr" "$CL_SHARED/cache/.cluster_joined.$addr"
   log "starting salt-master m$i on $addr"
   "$VENV/bin/salt-master" -c "$(cl_dir "$i")" -d </dev/null >>"$OUT_DIR/m$i.out" 2>&1 9>&- \
     || die "salt-master m$i failed to start; see $OUT_DIR/m$i.out and $(cl_root "$i")/var/log/salt/master"
@@ -205,17 +208,26 @@ cl_start_master() { # i
   wait_for 60 "m$i bus" test -S "$(cl_root "$i")/run/master_event_pub.ipc" || die "m$i event bus did not appear"
 }
 
-cl_stop_master() { # i
-  local i=$1 pid t0=$SECONDS
+cl_descendants() { # pid -> the pid and all its descendants
+  local p
+  echo "$1"
+  for p in $(pgrep -P "$1" || true); do cl_descendants "$p"; done
+}
+
+cl_stop_master() { # i: the member and all its processes (workers too), then orphaned workers
+  local i=$1 pid t0=$SECONDS pids=""
   if pid=$(cl_master_running "$i"); then
+    pids=$(cl_descendants "$pid" | tr '\n' ' ')
     log "stopping salt-master m$i (pid $pid)"
-    terminate 30 "$pid"
+    # shellcheck disable=SC2086
+    terminate 30 $pids
     log "m$i exited ($((SECONDS - t0))s)"
   fi
-  # workers left behind (they keep m<i>'s config dir on their command line)
-  local rest; rest=$("$PYTHON" "$HELPERS/procs.py" "$LAB_DIR" master --long | awk -v d="$(cl_dir "$i")" 'index($0, "-c " d " ") || index($0, "-c " d "\n") {print $1}')
+  # workers whose daemon died before (a member killed with SIGKILL leaves them running, holding
+  # its ports and sockets); the other member's workers are its descendants, never orphans
+  pids=$(lab_pids orphan)
   # shellcheck disable=SC2086
-  [[ -z $rest ]] || terminate 10 $rest
+  [[ -z $pids ]] || { log "stopping orphaned master processes: $(echo $pids)"; terminate 10 $pids; }
   rm -f "$(cl_master_pidfile "$i")"
 }
 
