@@ -33,15 +33,26 @@ async fn openapi() -> Response {
     }
 }
 
-/// Ready once the event bus is connected: before that, `local` calls could
-/// not see their returns.
+/// Ready while the master serves: the event bus is connected (before that,
+/// `local` calls could not see their returns) and the master answers a
+/// `ping` (checked at most once a second; a master cluster member that is
+/// not serving yet answers `cluster_retry`). A load balancer that checks
+/// this drains a halite whose own master is down.
 async fn ready(State(state): State<AppState>) -> Response {
-    if state.netapi.master().bus().is_connected() {
+    let master = state.netapi.master();
+    if !master.bus().is_connected() {
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            "the Salt event bus is not connected",
+        )
+            .into_response();
+    }
+    if master.serving().await {
         (StatusCode::OK, "ready").into_response()
     } else {
         (
             StatusCode::SERVICE_UNAVAILABLE,
-            "the Salt event bus is not connected",
+            "the Salt master does not answer requests",
         )
             .into_response()
     }

@@ -14,6 +14,9 @@ use crate::events::EventBus;
 use crate::transport::RequestChannel;
 use crate::value;
 
+/// How long a [`Master::serving`] answer is reused.
+pub const SERVING_PROBE_EVERY: Duration = Duration::from_secs(1);
+
 struct Inner {
     /// Swapped whole on reload ([`Master::reload_config`]).
     config: RwLock<Arc<MasterConfig>>,
@@ -21,6 +24,8 @@ struct Inner {
     bus: EventBus,
     last_jid: Mutex<u128>,
     requests: AtomicU64,
+    /// The last `serving` probe: when, and whether the master answered.
+    serving: tokio::sync::Mutex<Option<(std::time::Instant, bool)>>,
 }
 
 /// A handle on one Salt master. Clone it freely; all clones share one pool
@@ -46,6 +51,7 @@ impl Master {
                 bus,
                 last_jid: Mutex::new(0),
                 requests: AtomicU64::new(0),
+                serving: tokio::sync::Mutex::new(None),
             }),
         }
     }
@@ -119,6 +125,26 @@ impl Master {
     pub async fn ping(&self, timeout: Duration) -> Result<()> {
         let load = value::map([("cmd", Mp::from("ping"))]);
         self.request(load, timeout).await.map(|_| ())
+    }
+
+    /// Whether the master serves requests now: the event bus is connected
+    /// and the master answers a `ping` within 2 s. At most one ping per
+    /// [`SERVING_PROBE_EVERY`] whatever the number of callers (a load
+    /// balancer's health checks); a master cluster member that defers
+    /// requests (`cluster_retry`) does not serve.
+    pub async fn serving(&self) -> bool {
+        if !self.inner.bus.is_connected() {
+            return false;
+        }
+        let mut last = self.inner.serving.lock().await;
+        if let Some((at, ok)) = *last {
+            if at.elapsed() < SERVING_PROBE_EVERY {
+                return ok;
+            }
+        }
+        let ok = self.ping(Duration::from_secs(2)).await.is_ok();
+        *last = Some((std::time::Instant::now(), ok));
+        ok
     }
 
     /// Make sure the master can be used for a call that needs returns from

@@ -173,6 +173,9 @@ impl LocalJob {
         while let Some((id, ev)) = gather.next().await {
             out.insert(id, self.shape(ev.data(), gather.jid()));
         }
+        if gather.interrupted() {
+            return Err(gather.interrupted_error());
+        }
         let jid = gather.jid().to_owned();
         let outcome = gather.finish();
         for id in outcome.no_return {
@@ -323,12 +326,16 @@ pub struct Gatherer {
     deadline: Instant,
     probe: Option<Probe>,
     done: bool,
+    /// Resolves when the event bus is lost (the master went away).
+    bus_lost: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
+    interrupted: bool,
 }
 
 enum Step {
     Main(Option<std::sync::Arc<Event>>),
     Probe(Option<std::sync::Arc<Event>>),
     Timeout,
+    BusLost,
 }
 
 impl Gatherer {
@@ -343,7 +350,10 @@ impl Gatherer {
             expected.mark_missing(m);
         }
         let deadline = Instant::now() + secs(job.timeout);
+        let bus_lost = Box::pin(master.bus().lost());
         Gatherer {
+            bus_lost,
+            interrupted: false,
             job,
             master,
             sub,
@@ -353,6 +363,22 @@ impl Gatherer {
             probe: None,
             done: false,
         }
+    }
+
+    /// Whether the gathering ended because the event bus was lost (the
+    /// master went away) rather than because the job finished or timed out.
+    pub fn interrupted(&self) -> bool {
+        self.interrupted
+    }
+
+    /// The error a caller reports for an interrupted job: the master is
+    /// unavailable, and the job can be looked up later by its jid.
+    pub fn interrupted_error(&self) -> SaltError {
+        SaltError::Unreachable(format!(
+            "the Salt master went away while job {jid} was running; its returns may still reach \
+             another master: look it up with the runner jobs.lookup_jid (jid {jid})",
+            jid = self.jid
+        ))
     }
 
     /// The jid being gathered.
@@ -385,14 +411,24 @@ impl Gatherer {
                 None => tokio::select! {
                     ev = self.sub.recv() => Step::Main(ev),
                     _ = tokio::time::sleep_until(self.deadline) => Step::Timeout,
+                    _ = &mut self.bus_lost => Step::BusLost,
                 },
                 Some(probe) => tokio::select! {
                     ev = self.sub.recv() => Step::Main(ev),
                     ev = probe.sub.recv() => Step::Probe(ev),
                     _ = tokio::time::sleep_until(probe.deadline) => Step::Timeout,
+                    _ = &mut self.bus_lost => Step::BusLost,
                 },
             };
             match step {
+                Step::BusLost => {
+                    // The master went away: the returns still to come will not
+                    // reach this bus. The job itself goes on (in a cluster the
+                    // other masters still receive and store its returns).
+                    self.interrupted = true;
+                    self.done = true;
+                    return None;
+                }
                 Step::Main(None) => {
                     self.done = true;
                     return None;

@@ -178,6 +178,15 @@ impl EventBus {
         }
     }
 
+    /// Resolves once the subscription is lost (at once when it is not
+    /// connected now): a job waiting for returns will not see them.
+    pub fn lost(&self) -> impl std::future::Future<Output = ()> + Send + 'static {
+        let mut rx = self.shared.connected.subscribe();
+        async move {
+            let _ = rx.wait_for(|c| !*c).await;
+        }
+    }
+
     /// How many times the subscription has (re)connected.
     pub fn generation(&self) -> u64 {
         self.shared.generation.load(Ordering::Relaxed)

@@ -231,6 +231,14 @@ pub fn interpret_reply(reply: Mp) -> Result<Mp> {
     }
     if value::get(&reply, "enc").and_then(Mp::as_str) == Some("clear") {
         if let Some(load) = value::get(&reply, "load") {
+            if value::get(load, "cluster_retry").and_then(Mp::as_bool) == Some(true) {
+                // A master cluster member that is not (yet) a committed member
+                // defers every request; another member can serve it.
+                return Err(SaltError::Unreachable(
+                    "this Salt master is a cluster member that is not serving requests yet (cluster_retry)"
+                        .into(),
+                ));
+            }
             return Ok(load.clone());
         }
     }
@@ -244,6 +252,17 @@ mod tests {
 
     fn mp(j: serde_json::Value) -> Mp {
         value::from_json(&j)
+    }
+
+    #[test]
+    fn a_cluster_member_that_defers_is_unreachable() {
+        // What a 3008 cluster member answers until it is a committed voter.
+        let e = interpret_reply(mp(
+            json!({"enc": "clear", "load": {"ret": false, "cluster_retry": true}}),
+        ));
+        assert!(matches!(e, Err(SaltError::Unreachable(_))), "{e:?}");
+        let ok = interpret_reply(mp(json!({"enc": "clear", "load": {"ret": false}})));
+        assert_eq!(ok, Ok(mp(json!({"ret": false}))));
     }
 
     #[test]
