@@ -131,10 +131,17 @@ pub async fn logout(
 }
 
 /// Remove a token from the master's token store. There is no clear command
-/// for it (docs/PROTOCOL.md §3.5.4): salt-api deletes it in-process from the
-/// store on disk, and so does halite (it runs on the master host as the
-/// master user), then checks with `get_token`; the `auth.del_token` runner
-/// is the fallback for a store halite cannot reach (works on 3006/3007).
+/// for it (docs/PROTOCOL.md §3.5.4). In order, until the master's
+/// `get_token` no longer knows the token:
+///
+/// 1. the token file in `token_dir` (`<token>` on 3006, `<token>.p`, the
+///    `tokens` bank of the localfs cache, on 3007+), as salt-api does
+///    in-process: halite runs on the master host as the master user. In a
+///    master cluster `cachedir` is shared, so this revokes everywhere;
+/// 2. through the master, under the token's own rights: the `cache.flush`
+///    runner on the `tokens` bank (3007+ keep eauth tokens in the master's
+///    cache, whatever its driver: localfs elsewhere, redis, consul, ...),
+///    then `auth.del_token` (3006's file store).
 async fn revoke(state: &CpState, token: &str) -> bool {
     let master = state.app.netapi.master();
     if auth::validate_token_text(token).is_err() {
@@ -151,11 +158,22 @@ async fn revoke(state: &CpState, token: &str) -> bool {
     if matches!(auth::get_token(master, token).await, Ok(None)) {
         return true;
     }
-    let chunk = json!({"client": "runner", "fun": "auth.del_token", "token": token, "kwarg": {"token": token}});
-    if let Json::Object(m) = chunk {
-        let _ = exec(state, vec![m], None, None).await;
+    let through_master = [
+        json!({"client": "runner", "fun": "cache.flush", "token": token,
+               "kwarg": {"bank": "tokens", "key": token}}),
+        json!({"client": "runner", "fun": "auth.del_token", "token": token, "kwarg": {"token": token}}),
+    ];
+    for chunk in through_master {
+        if let Json::Object(m) = chunk {
+            if exec(state, vec![m], None, None).await.is_err() {
+                tracing::debug!("a token revocation runner failed");
+            }
+        }
+        if matches!(auth::get_token(master, token).await, Ok(None)) {
+            return true;
+        }
     }
-    matches!(auth::get_token(master, token).await, Ok(None))
+    false
 }
 
 /// `POST /token`: tokens through the `auth.mk_token` runner; a bare list.
