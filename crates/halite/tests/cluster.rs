@@ -1,0 +1,395 @@
+//! Two halites in front of a Salt master cluster, behind HAProxy: the
+//! cluster lab (`LAB_TOPOLOGY=cluster scripts/lab start`, then
+//! `eval "$(LAB_TOPOLOGY=cluster scripts/lab env)"`; scripts/test does this).
+//!
+//! Every call goes through the HTTP balancer unless a test needs one halite;
+//! the balancer names the halite that answered in `X-Halite-Backend`
+//! (`h0`, `h1`), so the tests count where calls went.
+
+use std::collections::BTreeMap;
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use futures_util::StreamExt;
+use serde_json::{json, Value as Json};
+
+/// One test at a time: the failover test stops a master of the shared lab.
+static LAB: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
+fn env(name: &str) -> String {
+    std::env::var(name).unwrap_or_else(|_| {
+        panic!(
+            "{name} is not set: these tests need the cluster lab; run \
+             `LAB_TOPOLOGY=cluster scripts/lab start && eval \"$(LAB_TOPOLOGY=cluster scripts/lab env)\"` \
+             (scripts/test does this)"
+        )
+    })
+}
+
+fn balancer() -> String {
+    env("CLUSTER_CHERRYPY_URL")
+}
+
+fn halite(i: usize) -> String {
+    env(&format!("CLUSTER_H{i}_CHERRYPY_URL"))
+}
+
+fn http() -> reqwest::Client {
+    reqwest::Client::builder()
+        .timeout(Duration::from_secs(90))
+        .pool_max_idle_per_host(0)
+        .build()
+        .unwrap()
+}
+
+async fn login(http: &reqwest::Client, base: &str) -> String {
+    let resp = http
+        .post(format!("{base}/login"))
+        .header("Accept", "application/json")
+        .json(&json!({"eauth": "auto", "username": "saltdev", "password": "x"}))
+        .send()
+        .await
+        .expect("POST /login");
+    assert_eq!(resp.status(), 200, "POST /login through {base}");
+    let body: Json = resp.json().await.expect("/login answers JSON");
+    body["return"][0]["token"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no token in {body}"))
+        .to_owned()
+}
+
+/// The `i`-th call of the mixed workload: local, local_async, runner, wheel.
+fn mixed(i: usize) -> Json {
+    match i % 4 {
+        0 => json!({"client": "local", "tgt": "*", "fun": "test.ping"}),
+        1 => json!({"client": "local_async", "tgt": "*", "fun": "test.ping"}),
+        2 => json!({"client": "runner", "fun": "test.arg", "arg": [i]}),
+        _ => json!({"client": "wheel", "fun": "key.list_all"}),
+    }
+}
+
+/// Whether `body` is the right answer to `mixed(i)`.
+fn answer_ok(i: usize, body: &Json) -> bool {
+    let r = &body["return"][0];
+    match i % 4 {
+        0 => r.as_object().is_some_and(|m| !m.is_empty()),
+        1 => r["jid"].as_str().is_some_and(|j| j.len() == 20),
+        2 => r["args"] == json!([i]),
+        _ => r["data"]["return"]["minions"].is_array(),
+    }
+}
+
+struct Answer {
+    status: u16,
+    backend: String,
+    body: Json,
+}
+
+async fn call(
+    http: &reqwest::Client,
+    base: &str,
+    token: &str,
+    chunk: &Json,
+) -> reqwest::Result<Answer> {
+    let resp = http
+        .post(format!("{base}/"))
+        .header("X-Auth-Token", token)
+        .header("Accept", "application/json")
+        .json(&json!([chunk]))
+        .send()
+        .await?;
+    let status = resp.status().as_u16();
+    let backend = resp
+        .headers()
+        .get("x-halite-backend")
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .to_owned();
+    let body = resp.json().await.unwrap_or(Json::Null);
+    Ok(Answer {
+        status,
+        backend,
+        body,
+    })
+}
+
+async fn wait_ready(http: &reqwest::Client, base: &str, limit: Duration) {
+    let start = Instant::now();
+    loop {
+        if let Ok(r) = http.get(format!("{base}/health/ready")).send().await {
+            if r.status() == 200 {
+                return;
+            }
+        }
+        assert!(start.elapsed() < limit, "{base} not ready within {limit:?}");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Both halites ready, and the balancer's checks have seen it (2 checks).
+async fn wait_both_ready(http: &reqwest::Client) {
+    for i in 0..2 {
+        wait_ready(http, &halite(i), Duration::from_secs(120)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(3)).await;
+}
+
+fn lab_command(name: &str) {
+    let cmd = env(name);
+    let out = Command::new("bash")
+        .arg("-c")
+        .arg(&cmd)
+        .output()
+        .expect("run a lab command");
+    assert!(
+        out.status.success(),
+        "{cmd} failed:\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn balanced_calls_shared_tokens_jobs_events_and_logout() {
+    let _lab = LAB.lock().await;
+    let http = http();
+    wait_both_ready(&http).await;
+    let token = login(&http, &balancer()).await;
+
+    // 500 mixed calls through the balancer, 8 at a time: all succeed, on both halites.
+    let calls = 500;
+    let answers: Vec<(usize, Answer)> = futures_util::stream::iter(0..calls)
+        .map(|i| {
+            let (http, token, base) = (http.clone(), token.clone(), balancer());
+            async move {
+                let a = call(&http, &base, &token, &mixed(i))
+                    .await
+                    .unwrap_or_else(|e| panic!("call {i} got no answer: {e}"));
+                (i, a)
+            }
+        })
+        .buffer_unordered(8)
+        .collect()
+        .await;
+    let mut by_backend: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, a) in &answers {
+        assert_eq!(a.status, 200, "call {i} ({}): {}", mixed(*i), a.body);
+        assert!(
+            answer_ok(*i, &a.body),
+            "call {i} ({}): {}",
+            mixed(*i),
+            a.body
+        );
+        *by_backend.entry(a.backend.clone()).or_default() += 1;
+    }
+    eprintln!("{calls} mixed calls through the balancer: {by_backend:?}");
+    assert_eq!(by_backend.len(), 2, "answered by {by_backend:?}");
+    for (b, n) in &by_backend {
+        assert!(
+            *n >= calls * 2 / 5,
+            "round-robin: halite {b} answered only {n} of {calls}"
+        );
+    }
+
+    // The token (minted by one master) works on each halite, so on each master.
+    for i in 0..2 {
+        let a = call(&http, &halite(i), &token, &mixed(2)).await.unwrap();
+        assert_eq!(a.status, 200, "the token on h{i}: {}", a.body);
+    }
+
+    // A job published through h0 is found through h1, and h1's event
+    // stream sees its returns (the cluster forwards them).
+    let events = http
+        .get(format!("{}/events", halite(1)))
+        .header("X-Auth-Token", &token)
+        .send()
+        .await
+        .expect("GET /events on h1");
+    assert_eq!(events.status(), 200);
+    let mut events = events.bytes_stream();
+    let a = call(
+        &http,
+        &halite(0),
+        &token,
+        &json!({"client": "local_async", "tgt": "*", "fun": "test.arg", "arg": ["cluster"]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(a.status, 200, "{}", a.body);
+    let jid = a.body["return"][0]["jid"]
+        .as_str()
+        .expect("a jid")
+        .to_owned();
+    let minions: Vec<String> = env("CLUSTER_MINIONS")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    let mut seen_returns = std::collections::BTreeSet::new();
+    let mut text = String::new();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    while seen_returns.len() < minions.len() {
+        let chunk = tokio::time::timeout_at(deadline, events.next())
+            .await
+            .unwrap_or_else(|_| {
+                panic!("h1's /events saw returns of {jid} from only {seen_returns:?}")
+            })
+            .expect("the stream goes on")
+            .expect("stream bytes");
+        text.push_str(&String::from_utf8_lossy(&chunk));
+        for m in &minions {
+            if text.contains(&format!("salt/job/{jid}/ret/{m}")) {
+                seen_returns.insert(m.clone());
+            }
+        }
+    }
+    drop(events);
+
+    let start = Instant::now();
+    loop {
+        let resp = http
+            .get(format!("{}/jobs/{jid}", halite(1)))
+            .header("X-Auth-Token", &token)
+            .header("Accept", "application/json")
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 200);
+        let body: Json = resp.json().await.unwrap();
+        let result = &body["info"][0]["Result"];
+        if minions
+            .iter()
+            .all(|m| result[m]["return"]["args"] == json!(["cluster"]))
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "/jobs/{jid} on h1: {body}"
+        );
+        tokio::time::sleep(Duration::from_millis(300)).await;
+    }
+    let a = call(
+        &http,
+        &halite(1),
+        &token,
+        &json!({"client": "runner", "fun": "jobs.lookup_jid", "jid": jid}),
+    )
+    .await
+    .unwrap();
+    for m in &minions {
+        assert_eq!(
+            a.body["return"][0][m]["args"],
+            json!(["cluster"]),
+            "jobs.lookup_jid {jid} on h1: {}",
+            a.body
+        );
+    }
+
+    // /logout through h1 revokes the token on both.
+    let resp = http
+        .post(format!("{}/logout", halite(1)))
+        .header("X-Auth-Token", &token)
+        .header("Accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let body: Json = resp.json().await.unwrap();
+    assert_eq!(body["return"], "Your token has been cleared", "{body}");
+    for i in 0..2 {
+        let a = call(&http, &halite(i), &token, &mixed(2)).await.unwrap();
+        assert_eq!(a.status, 401, "the revoked token on h{i}: {}", a.body);
+    }
+}
+
+#[derive(Default, Debug)]
+struct Tally {
+    sent: usize,
+    ok: usize,
+    unavailable: usize,
+    other: usize,
+    lost: usize,
+    by_backend: BTreeMap<String, usize>,
+}
+
+/// Master m0 stops 10 s into a 60 s mixed load through the balancer and
+/// comes back at 35 s: every request is answered (200, or 503 while h0's
+/// master is gone and before the balancer drains h0), and afterwards the
+/// traffic flows through both halites again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn failover_when_a_master_dies_under_load() {
+    let _lab = LAB.lock().await;
+    let http = http();
+    wait_both_ready(&http).await;
+    let token = login(&http, &balancer()).await;
+    let tally = std::sync::Arc::new(std::sync::Mutex::new(Tally::default()));
+    let start = Instant::now();
+    let run_for = Duration::from_secs(60);
+    let workers: Vec<_> = (0..6)
+        .map(|w| {
+            let (http, token, tally) = (http.clone(), token.clone(), tally.clone());
+            tokio::spawn(async move {
+                let mut i = w;
+                while start.elapsed() < run_for {
+                    let chunk = mixed(i);
+                    let r = call(&http, &balancer(), &token, &chunk).await;
+                    let mut t = tally.lock().unwrap();
+                    t.sent += 1;
+                    match r {
+                        Ok(a) if a.status == 200 && answer_ok(i, &a.body) => {
+                            t.ok += 1;
+                            *t.by_backend.entry(a.backend).or_default() += 1;
+                        }
+                        Ok(a) if a.status == 503 => t.unavailable += 1,
+                        Ok(a) => {
+                            eprintln!("call {chunk}: {} from {}: {}", a.status, a.backend, a.body);
+                            t.other += 1;
+                        }
+                        Err(e) => {
+                            eprintln!("call {chunk}: no answer: {e}");
+                            t.lost += 1;
+                        }
+                    }
+                    drop(t);
+                    i += 6;
+                }
+            })
+        })
+        .collect();
+
+    tokio::time::sleep(Duration::from_secs(10)).await;
+    let stopping = Instant::now();
+    tokio::task::spawn_blocking(|| lab_command("CLUSTER_M0_STOP"))
+        .await
+        .unwrap();
+    eprintln!("m0 stopped in {:?}", stopping.elapsed());
+    tokio::time::sleep(Duration::from_secs(35).saturating_sub(start.elapsed())).await;
+    tokio::task::spawn_blocking(|| lab_command("CLUSTER_M0_START"))
+        .await
+        .unwrap();
+    eprintln!("m0 started again at {:?}", start.elapsed());
+    for w in workers {
+        w.await.expect("a load worker");
+    }
+    let t = std::mem::take(&mut *tally.lock().unwrap());
+    eprintln!(
+        "failover: sent {}, succeeded {}, 503 {}, other errors {}, lost {}; by halite {:?}",
+        t.sent, t.ok, t.unavailable, t.other, t.lost, t.by_backend
+    );
+    assert_eq!(t.lost, 0, "requests without an answer: {t:?}");
+    assert_eq!(t.other, 0, "answers other than 200 or 503: {t:?}");
+    assert_eq!(t.sent, t.ok + t.unavailable, "{t:?}");
+    assert!(t.ok > 0, "{t:?}");
+
+    // After m0's return, traffic flows through both halites again.
+    wait_both_ready(&http).await;
+    let mut after: BTreeMap<String, usize> = BTreeMap::new();
+    for i in 0..20 {
+        let a = call(&http, &balancer(), &token, &mixed(2 + 4 * i))
+            .await
+            .unwrap();
+        assert_eq!(a.status, 200, "after m0 returned: {}", a.body);
+        *after.entry(a.backend).or_default() += 1;
+    }
+    eprintln!("after m0 returned: {after:?}");
+    assert_eq!(after.len(), 2, "both halites answer again: {after:?}");
+}
