@@ -44,7 +44,7 @@ cl_port_open() { (exec 3<>"/dev/tcp/$1/$2") 2>/dev/null; }
 
 # The one-master config without the keys each cluster member sets for itself.
 cl_base_config() {
-  common_master_config | grep -vE '^(# Generated|root_dir|interface|publish_port|ret_port|pidfile|log_file|api_pidfile|api_logfile):'
+  common_master_config | grep -vE '^(# Generated|(root_dir|interface|publish_port|ret_port|pidfile|log_file|api_pidfile|api_logfile):)'
 }
 
 cl_master_config() { # i
