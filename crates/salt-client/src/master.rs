@@ -26,6 +26,8 @@ struct Inner {
     requests: AtomicU64,
     /// The last `serving` probe: when, and whether the master answered.
     serving: tokio::sync::Mutex<Option<(std::time::Instant, bool)>>,
+    /// The bus generation whose subscription an event round trip proved.
+    bus_proved: AtomicU64,
 }
 
 /// A handle on one Salt master. Clone it freely; all clones share one pool
@@ -52,6 +54,7 @@ impl Master {
                 last_jid: Mutex::new(0),
                 requests: AtomicU64::new(0),
                 serving: tokio::sync::Mutex::new(None),
+                bus_proved: AtomicU64::new(0),
             }),
         }
     }
@@ -127,8 +130,10 @@ impl Master {
         self.request(load, timeout).await.map(|_| ())
     }
 
-    /// Whether the master serves requests now: the event bus is connected
-    /// and the master answers a `ping` within 2 s. At most one ping per
+    /// Whether the master serves requests now: the event bus is connected,
+    /// an event fired since it (re)connected came back on it (the publisher
+    /// has registered the subscription; once per connection), and the
+    /// master answers a `ping` within 2 s. At most one ping per
     /// [`SERVING_PROBE_EVERY`] whatever the number of callers (a load
     /// balancer's health checks); a master cluster member that defers
     /// requests (`cluster_retry`) does not serve.
@@ -142,7 +147,15 @@ impl Master {
                 return ok;
             }
         }
-        let ok = self.ping(Duration::from_secs(2)).await.is_ok();
+        let generation = self.inner.bus.generation();
+        let mut ok = true;
+        if self.inner.bus_proved.load(Ordering::Relaxed) != generation {
+            ok = self.inner.bus.round_trip(Duration::from_secs(2)).await;
+            if ok {
+                self.inner.bus_proved.store(generation, Ordering::Relaxed);
+            }
+        }
+        let ok = ok && self.ping(Duration::from_secs(2)).await.is_ok();
         *last = Some((std::time::Instant::now(), ok));
         ok
     }

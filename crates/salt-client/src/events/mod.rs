@@ -264,6 +264,32 @@ impl EventBus {
             .unwrap_or(0)
     }
 
+    /// Whether an event fired now comes back on this subscription within
+    /// `limit`: the master's publisher has registered the subscriber (a
+    /// connected socket alone does not prove it).
+    pub async fn round_trip(&self, limit: Duration) -> bool {
+        let tag = format!("salt/netapi/ready/{}", uuid::Uuid::new_v4());
+        let mut rx = self.subscribe_all();
+        if self
+            .fire(&tag, &serde_json::json!({"probe": "halite"}))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+        tokio::time::timeout(limit, async {
+            loop {
+                match rx.recv().await {
+                    Ok(ev) if ev.tag == tag => return true,
+                    Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => continue,
+                    Err(broadcast::error::RecvError::Closed) => return false,
+                }
+            }
+        })
+        .await
+        .unwrap_or(false)
+    }
+
     /// Fire an event into the bus (what `/hook` does), adding `_stamp` as
     /// Salt's own `fire_event` does.
     pub async fn fire(&self, tag: &str, data: &Json) -> Result<()> {
