@@ -221,9 +221,12 @@ async fn master_not_answering_is_504() {
 
     // A request port that completes the ZMTP handshake as a master's ROUTER
     // socket does, then never answers a request: the request times out.
+    // Never ready (/health/ready needs the master to answer a ping): wait
+    // for the listener only.
     let zmq_silent = silent_master(true).await;
     let h = HaliteBuilder::wsgi(&lab)
         .set("ret_port", json!(zmq_silent.0))
+        .wait(Wait::Live)
         .start()
         .await;
     for lowstate in [
@@ -243,6 +246,7 @@ async fn master_not_answering_is_504() {
     let tcp_silent = silent_master(false).await;
     let h = HaliteBuilder::wsgi(&lab)
         .set("ret_port", json!(tcp_silent.0))
+        .wait(Wait::Live)
         .start()
         .await;
     let r = h
