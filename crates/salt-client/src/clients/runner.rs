@@ -123,6 +123,10 @@ async fn run_sync(master: &Master, load: Json, limit: f64, full_return: bool) ->
         std::future::pending::<()>().await
     };
     tokio::pin!(check);
+    // The master going away (its bus is lost) ends the wait at once: the
+    // return would not reach this bus.
+    let lost = master.bus().lost();
+    tokio::pin!(lost);
     loop {
         let wake = if announced {
             deadline
@@ -147,6 +151,12 @@ async fn run_sync(master: &Master, load: Json, limit: f64, full_return: bool) ->
                 None => return Err(SaltError::Unreachable("the Salt event bus closed".into())),
             },
             () = &mut check, if !announced => return Err(not_available(&fun)),
+            () = &mut lost => {
+                return Err(SaltError::Unreachable(format!(
+                    "the Salt master went away while runner job {jid} was running; look it up \
+                     later with the runner jobs.lookup_jid (jid {jid})"
+                )))
+            }
             _ = tokio::time::sleep_until(wake) => {
                 if !announced && wake == guard && guard < deadline {
                     return Err(SaltError::Master(format!(
