@@ -250,8 +250,7 @@ cl_ensure_haproxy() {
   log "installing haproxy (apt-get)"
   { apt-get install -y --no-install-recommends haproxy || { apt-get update && apt-get install -y --no-install-recommends haproxy; }; } \
     >>"$LAB_DIR/install.log" 2>&1 || die "apt-get install haproxy failed; see $LAB_DIR/install.log"
-  # Debian starts a system-wide haproxy service; the lab runs its own instances only.
-  if command -v systemctl >/dev/null && systemctl is-active --quiet haproxy 2>/dev/null; then systemctl stop haproxy || true; fi
+  # (Debian's own haproxy service, if it starts, binds no frontend; the lab runs its own instances.)
 }
 
 cl_start_halite() { # i
