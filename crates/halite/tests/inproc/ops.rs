@@ -109,13 +109,68 @@ fn a_connection_that_never_finishes_its_headers_is_closed() {
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
 }
 
+/// One `GET /health/live` on a kept-alive connection; false when the
+/// server closed the connection instead of answering.
+fn live_on(stream: &mut std::net::TcpStream) -> bool {
+    stream
+        .set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    if stream
+        .write_all(b"GET /health/live HTTP/1.1\r\nHost: x\r\n\r\n")
+        .is_err()
+    {
+        return false;
+    }
+    let mut head = Vec::new();
+    let mut byte = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        match stream.read(&mut byte) {
+            Ok(1) => head.push(byte[0]),
+            _ => return false,
+        }
+    }
+    let head = String::from_utf8_lossy(&head).to_ascii_lowercase();
+    assert!(head.starts_with("http/1.1 200"), "{head}");
+    let length: usize = head
+        .lines()
+        .find_map(|l| l.strip_prefix("content-length:"))
+        .map(|v| v.trim().parse().unwrap())
+        .expect("a content-length");
+    let mut body = vec![0u8; length];
+    stream.read_exact(&mut body).is_ok()
+}
+
+/// A connection that has been answered once and is kept open, so it holds
+/// one of the server's connection permits. A connection the server refused
+/// (a permit still held by an earlier connection the server has not yet
+/// seen close) is retried; returns how many were refused on the way.
+fn held_connection(port: u16) -> (std::net::TcpStream, u64) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let mut refused = 0;
+    loop {
+        let mut stream = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+        if live_on(&mut stream) {
+            return (stream, refused);
+        }
+        refused += 1;
+        assert!(Instant::now() < deadline, "no connection was ever served");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 #[test]
 fn connections_beyond_max_connections_are_closed() {
     let h = wsgi("maxconn", &[("max_connections", 2.into())]);
+    let mut refused = 0;
     let held: Vec<_> = (0..2)
-        .map(|_| std::net::TcpStream::connect(("127.0.0.1", h.port)).unwrap())
+        .map(|_| {
+            let (stream, r) = held_connection(h.port);
+            refused += r;
+            stream
+        })
         .collect();
-    std::thread::sleep(Duration::from_millis(200));
+    // Both permits are now held by connections that were answered: a
+    // third connection is closed without an answer.
     let mut third = std::net::TcpStream::connect(("127.0.0.1", h.port)).unwrap();
     third
         .set_read_timeout(Some(Duration::from_secs(5)))
@@ -128,20 +183,22 @@ fn connections_beyond_max_connections_are_closed() {
         "the third connection was served: {:?} ({res:?})",
         String::from_utf8_lossy(&buf)
     );
+    refused += 1;
+    // Closing the held connections frees their permits (once the server
+    // has seen them close: retried like the held ones).
     drop(held);
-    std::thread::sleep(Duration::from_millis(200));
-    let mut again = std::net::TcpStream::connect(("127.0.0.1", h.port)).unwrap();
+    let (mut again, r) = held_connection(h.port);
+    refused += r;
     again
         .write_all(b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
         .unwrap();
     let mut answer = String::new();
     again.read_to_string(&mut answer).unwrap();
     assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    let expected = format!("halite_connections_refused_total{{surface=\"rest_wsgi\"}} {refused}");
     assert!(
-        answer
-            .lines()
-            .any(|l| l == "halite_connections_refused_total{surface=\"rest_wsgi\"} 1"),
-        "{answer}"
+        answer.lines().any(|l| l == expected),
+        "{expected} in {answer}"
     );
 }
 
