@@ -343,7 +343,7 @@ cl_stop_all() {
 cl_print_env() {
   pe() { echo "export $1='${2//\'/\'\\\'\'}'"; }
   local i me
-  me="PORT_BASE=$PORT_BASE LAB_TOPOLOGY=cluster SALT_VERSION=$SALT_VERSION $PROJECT_DIR/scripts/lab"
+  me="PORT_BASE=$PORT_BASE LAB_TOPOLOGY=cluster SALT_VERSION=$SALT_VERSION SALT_TRANSPORT=$SALT_TRANSPORT IPC_MODE=$IPC_MODE $PROJECT_DIR/scripts/lab"
   pe CLUSTER_LAB_DIR "$LAB_DIR"
   pe CLUSTER_SALT_VERSION_FULL "$(installed_version)"
   pe CLUSTER_WSGI_URL "http://127.0.0.1:$HALITE_WSGI_PORT"

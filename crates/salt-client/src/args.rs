@@ -1,17 +1,15 @@
 //! Salt's `salt.utils.args` for lowstates, in one place: Python truthiness,
-//! seconds, `arg`/`kwarg` normalisation, `parse_input` (`name=value`
-//! strings), `yamlify_arg` and the `__kwarg__` conditioning `LocalClient`
-//! applies. Every client and the config loader use these, so a rule is
-//! written once.
+//! seconds, `parse_input` (`name=value` strings), `yamlify_arg` and the
+//! `__kwarg__` conditioning `LocalClient` applies. Every client and the
+//! config loader use these, so a rule is written once; a chunk's fields are
+//! read with them once, by `clients::Low::parse` (which also normalises
+//! `arg` and `kwarg`).
 
 use std::sync::LazyLock;
 use std::time::Duration;
 
 use regex::Regex;
 use serde_json::{Map, Value as Json};
-
-use crate::clients::Lowstate;
-use crate::error::{Result, SaltError};
 
 /// Python truthiness of a JSON value.
 pub fn truthy(v: Option<&Json>) -> bool {
@@ -38,37 +36,6 @@ pub fn seconds(v: Option<&Json>) -> Option<f64> {
 /// Duration from seconds, saturating.
 pub fn secs(s: f64) -> Duration {
     Duration::try_from_secs_f64(s).unwrap_or(Duration::from_secs(86_400 * 365))
-}
-
-/// `arg` as a list: a scalar is one argument (rest_cherrypy wraps it).
-pub fn arg_list(low: &Lowstate) -> Vec<Json> {
-    match low.get("arg") {
-        None | Some(Json::Null) => Vec::new(),
-        Some(Json::Array(a)) => a.clone(),
-        Some(other) => vec![other.clone()],
-    }
-}
-
-/// `kwarg` as a map; anything else is the caller's error.
-pub fn kwarg_map(low: &Lowstate) -> Result<Map<String, Json>> {
-    match low.get("kwarg") {
-        None | Some(Json::Null) => Ok(Map::new()),
-        Some(Json::Object(m)) => Ok(m.clone()),
-        Some(_) => Err(SaltError::Invocation("'kwarg' must be a dictionary".into())),
-    }
-}
-
-/// A required string field.
-pub fn required_str<'a>(low: &'a Lowstate, key: &str) -> Result<&'a str> {
-    match low.get(key) {
-        Some(Json::String(s)) if !s.is_empty() => Ok(s),
-        Some(_) => Err(SaltError::Invocation(format!(
-            "'{key}' must be a non-empty string"
-        ))),
-        None => Err(SaltError::Invocation(format!(
-            "Missing required argument '{key}'"
-        ))),
-    }
 }
 
 /// `name=value` (Salt's `kwarg_regex`). Compiled once: building a Unicode

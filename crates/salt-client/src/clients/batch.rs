@@ -20,8 +20,8 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::local::LocalJob;
-use super::Lowstate;
-use crate::args::{seconds, secs, truthy};
+use super::Low;
+use crate::args::secs;
 use crate::error::{Result, SaltError};
 use crate::master::Master;
 
@@ -44,14 +44,14 @@ enum Record {
 }
 
 /// Run a batch job.
-pub async fn local_batch(master: &Master, low: Lowstate) -> Result<Vec<Json>> {
+pub async fn local_batch(master: &Master, low: Low) -> Result<Vec<Json>> {
     let mut job = LocalJob::from_low(master, &low, &BATCH_KEYS)?;
     job.kwargs
         .insert("gather_job_timeout".into(), json!(job.gather_job_timeout));
     job.kwargs.insert("yield_pub_data".into(), json!(true));
-    let batch = low.get("batch").cloned().unwrap_or(json!("10%"));
-    let batch_wait = seconds(low.get("batch_wait")).unwrap_or(0.0);
-    let failhard = truthy(low.get("failhard"));
+    let batch = low.batch.clone().unwrap_or(json!("10%"));
+    let batch_wait = low.batch_wait.unwrap_or(0.0);
+    let failhard = low.failhard;
 
     // 1. Who answers a ping on the original target.
     let mut ping = job.clone();

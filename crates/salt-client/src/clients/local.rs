@@ -9,8 +9,8 @@ use rmpv::Value as Mp;
 use serde_json::{json, Map, Value as Json};
 use tokio::time::Instant;
 
-use super::Lowstate;
-use crate::args::{arg_list, condition_input, kwarg_map, seconds, secs, truthy};
+use super::Low;
+use crate::args::{condition_input, secs};
 use crate::error::{Result, SaltError};
 use crate::events::{Event, JidSubscription};
 use crate::master::Master;
@@ -57,10 +57,11 @@ pub struct LocalJob {
 }
 
 impl LocalJob {
-    /// Build a job from a lowstate, as `LocalClient.cmd`/`run_job` would.
-    pub fn from_low(master: &Master, low: &Lowstate, consumed: &[&str]) -> Result<Self> {
+    /// Build a job from a lowstate, as `LocalClient.cmd`/`run_job` would;
+    /// the keys in `consumed` (the client's own) are not forwarded.
+    pub fn from_low(master: &Master, low: &Low, consumed: &[&str]) -> Result<Self> {
         let config = master.config();
-        let tgt = match low.get("tgt") {
+        let tgt = match &low.tgt {
             Some(t @ (Json::String(_) | Json::Array(_))) => t.clone(),
             Some(_) => {
                 return Err(SaltError::Invocation(
@@ -73,7 +74,7 @@ impl LocalJob {
                 ))
             }
         };
-        let fun = match low.get("fun") {
+        let fun = match &low.fun {
             Some(f @ (Json::String(_) | Json::Array(_))) => f.clone(),
             Some(_) => {
                 return Err(SaltError::Invocation(
@@ -86,15 +87,15 @@ impl LocalJob {
                 ))
             }
         };
-        let tgt_type = match low.get("tgt_type").or_else(|| low.get("expr_form")) {
+        let tgt_type = match &low.tgt_type {
             None | Some(Json::Null) => "glob".to_owned(),
             Some(Json::String(s)) => s.clone(),
             Some(_) => return Err(SaltError::Invocation("'tgt_type' must be a string".into())),
         };
         let conf_file = config.path().display().to_string();
         let (tgt, tgt_type) = targeting::expand(&tgt, &tgt_type, config.nodegroups(), &conf_file)?;
-        let arg = condition_input(arg_list(low), kwarg_map(low)?);
-        let mut ret = match low.get("ret") {
+        let arg = condition_input(low.arg.clone(), low.kwarg.clone()?);
+        let mut ret = match &low.ret {
             Some(Json::String(s)) => s.clone(),
             _ => String::new(),
         };
@@ -106,14 +107,14 @@ impl LocalJob {
             };
         }
         let kwargs: Map<String, Json> = low
-            .iter()
-            .filter(|(k, _)| !CMD_KEYS.contains(&k.as_str()) && !consumed.contains(&k.as_str()))
+            .rest(&[&CMD_KEYS, consumed])
             .map(|(k, v)| (k.clone(), v.clone()))
             .collect();
-        let timeout = seconds(low.get("timeout")).unwrap_or_else(|| config.timeout());
-        let gather_job_timeout =
-            seconds(low.get("gather_job_timeout")).unwrap_or_else(|| config.gather_job_timeout());
-        let pub_timeout = seconds(low.get("timeout")).unwrap_or_else(|| config.publish_timeout());
+        let timeout = low.timeout.unwrap_or_else(|| config.timeout());
+        let gather_job_timeout = low
+            .gather_job_timeout
+            .unwrap_or_else(|| config.gather_job_timeout());
+        let pub_timeout = low.timeout.unwrap_or_else(|| config.publish_timeout());
         Ok(LocalJob {
             tgt,
             tgt_type,
@@ -124,7 +125,7 @@ impl LocalJob {
             timeout,
             gather_job_timeout,
             pub_timeout,
-            full_return: truthy(low.get("full_return")),
+            full_return: low.full_return,
         })
     }
 
@@ -658,9 +659,9 @@ pub async fn publish(
 }
 
 /// `local`: `LocalClient.cmd`.
-pub async fn local(master: &Master, low: Lowstate) -> Result<Json> {
+pub async fn local(master: &Master, low: Low) -> Result<Json> {
     let job = LocalJob::from_low(master, &low, &[])?;
-    let jid = match low.get("jid") {
+    let jid = match &low.jid {
         Some(Json::String(s)) if !s.is_empty() => Some(s.clone()),
         _ => None,
     };
@@ -669,9 +670,9 @@ pub async fn local(master: &Master, low: Lowstate) -> Result<Json> {
 
 /// `local`, started: the job is published and its returns can be gathered
 /// one at a time.
-pub async fn start_local(master: &Master, low: Lowstate) -> Result<Option<Gatherer>> {
+pub async fn start_local(master: &Master, low: Low) -> Result<Option<Gatherer>> {
     let job = LocalJob::from_low(master, &low, &[])?;
-    let jid = match low.get("jid") {
+    let jid = match &low.jid {
         Some(Json::String(s)) if !s.is_empty() => Some(s.clone()),
         _ => None,
     };
@@ -679,9 +680,9 @@ pub async fn start_local(master: &Master, low: Lowstate) -> Result<Option<Gather
 }
 
 /// `local_async`: `LocalClient.run_job` — publish and return `{jid, minions}`.
-pub async fn local_async(master: &Master, low: Lowstate) -> Result<Json> {
+pub async fn local_async(master: &Master, low: Low) -> Result<Json> {
     let job = LocalJob::from_low(master, &low, &[])?;
-    let jid = match low.get("jid") {
+    let jid = match &low.jid {
         Some(Json::String(s)) => s.clone(),
         Some(Json::Number(n)) => n.to_string(),
         _ => String::new(),

@@ -8,6 +8,7 @@
 
 mod batch;
 mod local;
+mod low;
 mod runner;
 mod subset;
 mod wheel;
@@ -19,8 +20,10 @@ use crate::master::Master;
 
 pub use crate::args::yamlify_arg;
 pub use local::{Collected, Gatherer, LocalJob, PubReply};
+pub use low::{Credentials, Low};
 
-/// One lowstate chunk: the JSON object an HTTP client sent.
+/// One lowstate chunk: the JSON object an HTTP client sent. [`Netapi`]
+/// parses it once into a [`Low`], which the clients read.
 pub type Lowstate = Map<String, Json>;
 
 /// A lowstate `client`: every client NetapiClient knows, in its order.
@@ -116,7 +119,8 @@ impl Netapi {
     }
 
     /// Run one lowstate chunk as `NetapiClient.run` does.
-    pub async fn run(&self, low: Lowstate) -> Result<Output> {
+    pub async fn run(&self, low: impl Into<Low>) -> Result<Output> {
+        let low = low.into();
         let client = self.precheck(&low)?;
         let m = &self.master;
         match client {
@@ -141,7 +145,8 @@ impl Netapi {
     /// and hand back its returns one at a time instead of one answer, for
     /// callers that stream them. `None` when no minion matched the target.
     /// Any other client is an invocation error.
-    pub async fn start_local(&self, low: Lowstate) -> Result<Option<Gatherer>> {
+    pub async fn start_local(&self, low: impl Into<Low>) -> Result<Option<Gatherer>> {
+        let low = low.into();
         if self.precheck(&low)? != Client::Local {
             return Err(SaltError::Invocation(
                 "only the 'local' client can stream its returns".into(),
@@ -151,17 +156,9 @@ impl Netapi {
     }
 
     /// NetapiClient's checks, in its order; the client.
-    fn precheck(&self, low: &Lowstate) -> Result<Client> {
+    fn precheck(&self, low: &Low) -> Result<Client> {
         let config = self.master.config();
-        let client: Client = match low.get("client") {
-            Some(Json::String(c)) => c.parse()?,
-            Some(other) => {
-                return Err(SaltError::Invocation(format!(
-                    "Invalid client specified: '{other}'"
-                )))
-            }
-            None => return Err(SaltError::Invocation("No client specified".into())),
-        };
+        let client = low.client.clone()?;
         if !config
             .netapi_enable_clients()
             .iter()
@@ -171,7 +168,8 @@ impl Netapi {
                 "Client disabled: '{client}'. Add to 'netapi_enable_clients' master config option to enable."
             )));
         }
-        if !low.contains_key("token") && !low.contains_key("eauth") {
+        let creds = &low.credentials;
+        if creds.token.is_none() && creds.eauth.is_none() {
             return Err(SaltError::Authentication(
                 "No authentication credentials given".into(),
             ));
@@ -180,18 +178,17 @@ impl Netapi {
         // without one the master's eauth call raises (3006 answers with an
         // exception, 3008 with an authentication error). Either way the
         // caller failed to authenticate.
-        if !low.contains_key("token")
-            && (!low.contains_key("username") || !low.contains_key("password"))
-        {
-            let user = low
-                .get("username")
+        if creds.token.is_none() && (creds.username.is_none() || creds.password.is_none()) {
+            let user = creds
+                .username
+                .as_ref()
                 .and_then(Json::as_str)
                 .unwrap_or("UNKNOWN");
             return Err(SaltError::Authentication(format!(
                 "Authentication failure of type \"eauth\" occurred for user {user}."
             )));
         }
-        if crate::args::truthy(low.get("raw_shell")) && !config.netapi_allow_raw_shell() {
+        if low.raw_shell && !config.netapi_allow_raw_shell() {
             return Err(SaltError::Authentication(
                 "Raw shell option not allowed.".into(),
             ));

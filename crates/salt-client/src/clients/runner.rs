@@ -15,8 +15,8 @@ use std::time::Duration;
 use serde_json::{json, Map, Value as Json};
 use tokio::time::Instant;
 
-use super::Lowstate;
-use crate::args::{arg_list, kwarg_map, parse_input, required_str, seconds, secs, truthy};
+use super::Low;
+use crate::args::{parse_input, secs};
 use crate::error::{Result, SaltError};
 use crate::master::Master;
 use crate::value;
@@ -32,8 +32,8 @@ const CONSUMED: [&str; 5] = ["fun", "arg", "kwarg", "timeout", "full_return"];
 const START_GUARD: Duration = Duration::from_secs(20);
 
 /// Build the runner load from a lowstate.
-pub fn runner_load(low: &Lowstate) -> Result<Json> {
-    let fun = required_str(low, "fun")?;
+pub fn runner_load(low: &Low) -> Result<Json> {
+    let fun = low.fun_str()?;
     if !fun.contains('.') {
         return Err(SaltError::Invocation(format!(
             "'{fun}' is not a valid runner function (expected module.function)"
@@ -43,16 +43,14 @@ pub fn runner_load(low: &Lowstate) -> Result<Json> {
     load.insert("cmd".into(), json!("runner"));
     load.insert("fun".into(), json!(fun));
     for key in TOP_LEVEL {
-        if let Some(v) = low.get(key) {
+        if let Some(v) = low.fields.get(key) {
             load.insert(key.into(), v.clone());
         }
     }
-    let (args, mut kwargs) = parse_input(arg_list(low));
-    kwargs.extend(kwarg_map(low)?);
-    for (k, v) in low {
-        if !TOP_LEVEL.contains(&k.as_str()) && !CONSUMED.contains(&k.as_str()) && k != "key" {
-            kwargs.insert(k.clone(), v.clone());
-        }
+    let (args, mut kwargs) = parse_input(low.arg.clone());
+    kwargs.extend(low.kwarg.clone()?);
+    for (k, v) in low.rest(&[&TOP_LEVEL, &CONSUMED, &["key"]]) {
+        kwargs.insert(k.clone(), v.clone());
     }
     load.insert("kwarg".into(), json!({"arg": args, "kwarg": kwargs}));
     Ok(Json::Object(load))
@@ -63,7 +61,7 @@ pub fn runner_load(low: &Lowstate) -> Result<Json> {
 /// Python salt-api, which checks the name before it starts the job; halite
 /// checks it once the master has accepted the credentials (the job the
 /// master started for it ends at once without doing anything).
-pub async fn runner_async(master: &Master, low: Lowstate) -> Result<Json> {
+pub async fn runner_async(master: &Master, low: Low) -> Result<Json> {
     let load = runner_load(&low)?;
     let reply = master.request(value::from_json(&load), secs(60.0)).await?;
     let fun = load["fun"].as_str().unwrap_or_default();
@@ -81,11 +79,12 @@ pub async fn runner_async(master: &Master, low: Lowstate) -> Result<Json> {
 /// as the job's return, 3008 fires no event at all), so halite recognises
 /// the traceback and also checks the name against the master's function
 /// list ([`RunnerFunctions`]) while it waits.
-pub async fn runner(master: &Master, low: Lowstate) -> Result<Json> {
+pub async fn runner(master: &Master, low: Low) -> Result<Json> {
     let load = runner_load(&low)?;
-    let limit = seconds(low.get("timeout")).unwrap_or_else(|| master.config().rest_timeout());
-    let full_return = truthy(low.get("full_return"));
-    run_sync(master, load, limit, full_return).await
+    let limit = low
+        .timeout
+        .unwrap_or_else(|| master.config().rest_timeout());
+    run_sync(master, load, limit, low.full_return).await
 }
 
 async fn run_sync(master: &Master, load: Json, limit: f64, full_return: bool) -> Result<Json> {
@@ -334,8 +333,8 @@ const CREDENTIALS: [&str; 4] = ["username", "password", "eauth", "token"];
 mod tests {
     use super::*;
 
-    fn low(j: Json) -> Lowstate {
-        j.as_object().cloned().unwrap_or_default()
+    fn low(j: Json) -> Low {
+        Low::parse(j.as_object().cloned().unwrap_or_default())
     }
 
     #[test]

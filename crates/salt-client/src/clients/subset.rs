@@ -5,14 +5,14 @@ use rand::seq::SliceRandom;
 use serde_json::{json, Value as Json};
 
 use super::local::LocalJob;
-use super::Lowstate;
+use super::Low;
 use crate::error::{Result, SaltError};
 use crate::master::Master;
 
 /// Run a subset job.
-pub async fn local_subset(master: &Master, low: Lowstate) -> Result<Json> {
+pub async fn local_subset(master: &Master, low: Low) -> Result<Json> {
     let job = LocalJob::from_low(master, &low, &["subset", "sub", "cli"])?;
-    let subset = match low.get("subset").or_else(|| low.get("sub")) {
+    let subset = match &low.subset {
         None | Some(Json::Null) => 3,
         Some(Json::Number(n)) => n.as_u64().unwrap_or(0) as usize,
         Some(Json::String(s)) => s.trim().parse().unwrap_or(0),

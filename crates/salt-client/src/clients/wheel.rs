@@ -7,8 +7,8 @@ use std::time::Duration;
 use rmpv::Value as Mp;
 use serde_json::{json, Value as Json};
 
-use super::Lowstate;
-use crate::args::{required_str, secs};
+use super::{Low, Lowstate};
+use crate::args::secs;
 use crate::error::{Result, SaltError};
 use crate::master::Master;
 use crate::value;
@@ -24,9 +24,9 @@ fn timeout(master: &Master) -> Duration {
 }
 
 /// `wheel`: run the wheel function and return the master's `{tag, data}`.
-pub async fn wheel(master: &Master, low: Lowstate) -> Result<Json> {
-    required_str(&low, "fun")?;
-    let reply = master.request(load(&low), timeout(master)).await?;
+pub async fn wheel(master: &Master, low: Low) -> Result<Json> {
+    low.fun_str()?;
+    let reply = master.request(load(&low.fields), timeout(master)).await?;
     Ok(value::to_json(&reply))
 }
 
@@ -41,8 +41,8 @@ static WHEEL_ASYNC: std::sync::LazyLock<std::sync::Arc<tokio::sync::Semaphore>> 
 /// `wheel_async`: answer `{jid, tag}` at once and run the call in the
 /// background with `__jid__`/`__tag__` set (honoured by 3006/3007 masters;
 /// 3008 ignores them and reports events under its own jid).
-pub async fn wheel_async(master: &Master, low: Lowstate) -> Result<Json> {
-    required_str(&low, "fun")?;
+pub async fn wheel_async(master: &Master, low: Low) -> Result<Json> {
+    low.fun_str()?;
     let permit = WHEEL_ASYNC.clone().try_acquire_owned().map_err(|_| {
         SaltError::Unreachable(format!(
             "{MAX_WHEEL_ASYNC} wheel_async calls are already running; try again later"
@@ -50,7 +50,7 @@ pub async fn wheel_async(master: &Master, low: Lowstate) -> Result<Json> {
     })?;
     let jid = master.new_jid();
     let tag = format!("salt/wheel/{jid}");
-    let mut low = low;
+    let mut low = low.fields;
     low.insert("__jid__".into(), json!(jid));
     low.insert("__tag__".into(), json!(tag));
     low.insert("__user__".into(), json!("UNKNOWN"));
@@ -87,12 +87,12 @@ mod tests {
             .as_object()
             .cloned()
             .unwrap_or_default();
-        let err = wheel_async(&master, low.clone())
+        let err = wheel_async(&master, Low::parse(low.clone()))
             .await
             .expect_err("refused");
         assert_eq!(err.kind(), crate::ErrorKind::Unreachable);
         assert!(err.message().contains("already running"), "{err}");
         drop(held);
-        assert!(wheel_async(&master, low).await.is_ok());
+        assert!(wheel_async(&master, Low::parse(low)).await.is_ok());
     }
 }
