@@ -181,10 +181,32 @@ def localclient_runs(a, cfg, n):
     }
 
 
+def inflight_config(cfg, base, tls):
+    """The null-master's config with rest_wsgi open to `inflight` connections
+    (halite's default `max_connections` is 1024), and TLS when asked."""
+    extra = "  max_connections: 20000\n"
+    if tls:
+        extra += f"  ssl_crt: {tls[0]}\n  ssl_key: {tls[1]}\n"
+    with open(cfg, "w") as f:
+        f.write(base.replace("rest_wsgi:\n", "rest_wsgi:\n" + extra, 1))
+
+
+def self_signed(d):
+    d = os.path.abspath(d)
+    crt, key = f"{d}/tls.crt", f"{d}/tls.key"
+    if not os.path.exists(crt):
+        subprocess.run(["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+                        "-nodes", "-days", "30", "-subj", "/CN=localhost", "-addext",
+                        "subjectAltName=DNS:localhost,IP:127.0.0.1", "-addext", "basicConstraints=critical,CA:FALSE", "-keyout", key, "-out", crt],
+                       check=True, capture_output=True)
+    return crt, key
+
+
 def inflight_runs(a, port, wsgi, cp):
     """`inflight` synchronous calls held open at once (returns delayed), over
-    HTTP/1.1 (one connection each) and h2c (streams over a few connections);
-    halite restarted for each, its peak RSS over its idle RSS per call."""
+    HTTP/1.1 (one connection each), h2c and TLS HTTP/2 (streams over a few
+    connections); halite restarted for each, its peak RSS over its idle RSS
+    per call."""
     nd = f"{a.workdir}/null-inflight"
     cfg = f"{nd}/master"
     nm = subprocess.Popen([f"{a.bin_dir}/null-master", "--port", str(port), "--dir", nd, "--minions", "3",
@@ -196,26 +218,37 @@ def inflight_runs(a, port, wsgi, cp):
     out = []
     try:
         wait_port(port)
-        for label, extra in (("HTTP/1.1", []), ("h2c", ["--h2-connections", str(a.h2_connections)])):
-            h = subprocess.Popen([f"{a.bin_dir}/halite", "--config", cfg], stdout=subprocess.DEVNULL,
-                                 stderr=open(f"{a.workdir}/halite-scale.log", "ab"),
-                                 env={**os.environ, "RUST_LOG": "warn"})
+        with open(cfg) as f:
+            base = f.read()
+        tls = self_signed(nd)
+        h2 = ["--h2-connections", str(a.h2_connections)]
+        modes = {"HTTP/1.1": (None, "http", []), "h2c": (None, "http", h2),
+                 "TLS h2": (tls, "https", h2 + ["--cacert", tls[0]]),
+                 "TLS HTTP/1.1": (tls, "https", ["--cacert", tls[0]])}
+        for label in a.inflight_modes.split(","):
+            crt_key, scheme, extra = modes[label]
+            inflight_config(cfg, base, crt_key)
+            henv = {**os.environ, "RUST_LOG": "warn"}
+            henv.update(a.halite_env)
+            h = subprocess.Popen([*a.halite_wrap, f"{a.bin_dir}/halite", "--config", cfg], stdout=subprocess.DEVNULL,
+                                 stderr=open(f"{a.workdir}/halite-scale.log", "ab"), env=henv)
             try:
                 wait_port(wsgi)
-                time.sleep(0.3)
-                idle = status_kib(h.pid, "VmRSS")
-                c0 = cpu_s(h.pid)
-                r = subprocess.run([f"{a.bin_dir}/http-load", "--url", f"http://127.0.0.1:{wsgi}/", "--body", body,
+                time.sleep(0.5 if not a.halite_wrap else 5)
+                hpid = halite_pid(h)
+                idle = status_kib(hpid, "VmRSS")
+                c0 = cpu_s(hpid)
+                r = subprocess.run([f"{a.bin_dir}/http-load", "--url", f"{scheme}://127.0.0.1:{wsgi}/", "--body", body,
                                     "-c", str(a.inflight), "-n", str(a.inflight), "--timeout", "180",
                                     "--check", "true:3", *extra], capture_output=True, text=True, timeout=400)
-                cpu = cpu_s(h.pid) - c0
-                peak = status_kib(h.pid, "VmHWM")
+                cpu = cpu_s(hpid) - c0
+                peak = status_kib(hpid, "VmHWM")
                 rep = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 and r.stdout.strip() else {"error": r.stderr[-300:]}
                 row = {"http": label, "calls": a.inflight, "idle_rss_mib": idle / 1024, "peak_rss_mib": peak / 1024,
                        "kib_per_call": (peak - idle) / a.inflight, "cpu_s": cpu, "loadavg": os.getloadavg(),
                        "ok": rep.get("ok"), "failed": rep.get("failed"), "incomplete": rep.get("incomplete"),
                        "max_in_flight": rep.get("max_in_flight"), "connections": rep.get("connections"),
-                       "samples": rep.get("samples", rep.get("error"))}
+                       "errors": rep.get("errors", rep.get("error"))}
                 log(f"inflight: {row}")
                 out.append(row)
             finally:
@@ -223,6 +256,20 @@ def inflight_runs(a, port, wsgi, cp):
     finally:
         stop(nm)
     return out
+
+
+def halite_pid(p):
+    """halite's own pid (the child when it runs under a wrapper such as heaptrack)."""
+    for _ in range(100):
+        kids = read(f"/proc/{p.pid}/task/{p.pid}/children").split()
+        if read(f"/proc/{p.pid}/comm").strip() == "halite" or not kids:
+            if read(f"/proc/{p.pid}/comm").strip() == "halite":
+                return p.pid
+        for k in kids:
+            if read(f"/proc/{k}/comm").strip() == "halite":
+                return int(k)
+        time.sleep(0.1)
+    return p.pid
 
 
 def main():
@@ -238,9 +285,14 @@ def main():
     p.add_argument("--inflight", type=int, default=10000)
     p.add_argument("--hold-ms", type=int, default=15000)
     p.add_argument("--h2-connections", type=int, default=100)
+    p.add_argument("--inflight-modes", default="HTTP/1.1,h2c,TLS h2")
+    p.add_argument("--halite-wrap", default="", help="command to run halite under in the in-flight runs (heaptrack)")
+    p.add_argument("--halite-env", default="", help="NAME=VALUE,... added to halite's environment in the in-flight runs")
     p.add_argument("--kinds", default="json,ndjson", help="answers to measure (a build without streaming: json)")
     p.add_argument("--out", required=True)
     a = p.parse_args()
+    a.halite_wrap = a.halite_wrap.split()
+    a.halite_env = dict(kv.split("=", 1) for kv in a.halite_env.split(",") if kv)
     os.makedirs(a.workdir, exist_ok=True)
     port, wsgi, cp = a.port, a.port - 5, a.port - 4
     results = {"loadavg_start": os.getloadavg(), "nproc": os.cpu_count(), "counts": [],

@@ -133,7 +133,16 @@ pub struct ConnectionLimits {
     /// `http2_max_concurrent_streams` (default 128): requests one HTTP/2
     /// connection may have open at once.
     pub http2_max_concurrent_streams: u32,
+    /// `http1_max_buf_size` (bytes, default 8192, the least hyper allows):
+    /// the most an HTTP/1 connection buffers for reading, which also bounds
+    /// a request's line and headers (a larger head is answered 431). hyper's
+    /// own default (~400 KiB) lets every idle keep-alive connection grow its
+    /// read buffer to 16 KiB while its request waits.
+    pub http1_max_buf_size: usize,
 }
+
+/// The least `http1_max_buf_size` hyper accepts.
+pub const HTTP1_MIN_BUF_SIZE: usize = 8192;
 
 impl Default for ConnectionLimits {
     fn default() -> Self {
@@ -143,6 +152,7 @@ impl Default for ConnectionLimits {
             body_read_timeout: Duration::from_secs(30),
             max_connections: 1024,
             http2_max_concurrent_streams: 128,
+            http1_max_buf_size: HTTP1_MIN_BUF_SIZE,
         }
     }
 }
@@ -324,6 +334,20 @@ fn connection_limits(section: &Map<String, Json>) -> Result<ConnectionLimits, St
             u64::from(d.http2_max_concurrent_streams),
             10_000,
         )? as u32,
+        http1_max_buf_size: match count_of(
+            section,
+            "http1_max_buf_size",
+            d.http1_max_buf_size as u64,
+            16 << 20,
+        )? as usize
+        {
+            n if n < HTTP1_MIN_BUF_SIZE => {
+                return Err(format!(
+                    "http1_max_buf_size {n} is below the least allowed ({HTTP1_MIN_BUF_SIZE})"
+                ))
+            }
+            n => n,
+        },
     })
 }
 
@@ -505,12 +529,14 @@ pub fn check_config(config: &MasterConfig, surfaces: &[Surface]) -> std::process
         let c = &s.connections;
         println!(
             "  limits: header_read_timeout {:?}, body_read_timeout {:?}, idle_timeout {:?}, \
-             max_connections {}, http2_max_concurrent_streams {}, graceful_shutdown_timeout {:?}",
+             max_connections {}, http2_max_concurrent_streams {}, http1_max_buf_size {}, \
+             graceful_shutdown_timeout {:?}",
             c.header_read_timeout,
             c.body_read_timeout,
             c.idle_timeout,
             c.max_connections,
             c.http2_max_concurrent_streams,
+            c.http1_max_buf_size,
             s.grace
         );
         if s.tls.is_some() {
@@ -578,9 +604,10 @@ mod tests {
         );
         let l = connection_limits(&section(
             "{header_read_timeout: 2.5, body_read_timeout: '7', idle_timeout: 90, \
-             max_connections: 10, http2_max_concurrent_streams: 4}",
+             max_connections: 10, http2_max_concurrent_streams: 4, http1_max_buf_size: 65536}",
         ))
         .unwrap();
+        assert_eq!(l.http1_max_buf_size, 65536);
         assert_eq!(l.header_read_timeout, Duration::from_millis(2500));
         assert_eq!(l.body_read_timeout, Duration::from_secs(7));
         assert_eq!(l.idle_timeout, Duration::from_secs(90));
@@ -597,6 +624,7 @@ mod tests {
             "{idle_timeout: [1]}",
             "{max_connections: 0}",
             "{http2_max_concurrent_streams: 100000}",
+            "{http1_max_buf_size: 4096}",
         ] {
             assert!(connection_limits(&section(bad)).is_err(), "{bad} accepted");
         }

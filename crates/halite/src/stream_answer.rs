@@ -227,8 +227,10 @@ pub async fn wsgi(State(state): State<AppState>, req: Request, next: Next) -> Re
             .map_err(|e| ApiError::bad_request(format!("The body is not valid JSON: {e}")))?;
         lowstate::chunks_from_json(body, false)
     };
-    match take_chunk(req, state.limits.max_body, parse).await {
-        Ok(Ok((chunk, kind, _))) => answer(&state.netapi, chunk, kind)
+    // Both are boxed: this middleware's own future stays small while the
+    // ordinary answer (`next.run`) waits, often for seconds, in every call.
+    match Box::pin(take_chunk(req, state.limits.max_body, parse)).await {
+        Ok(Ok((chunk, kind, _))) => Box::pin(answer(&state.netapi, chunk, kind))
             .await
             .unwrap_or_else(IntoResponse::into_response),
         Ok(Err(req)) => next.run(req).await,
@@ -248,7 +250,7 @@ pub async fn cherrypy(
     let parse = |headers: &HeaderMap, bytes: &[u8]| {
         format::lowstate(format::parse_body(headers, bytes)?.data)
     };
-    match take_chunk(req, state.app.limits.max_body, parse).await {
+    match Box::pin(take_chunk(req, state.app.limits.max_body, parse)).await {
         Ok(Ok((mut chunk, kind, headers))) => {
             if with_session {
                 match session::require_token(&headers) {
@@ -258,7 +260,7 @@ pub async fn cherrypy(
                     Err(e) => return e.into_response(),
                 }
             }
-            match answer(&state.app.netapi, chunk, kind).await {
+            match Box::pin(answer(&state.app.netapi, chunk, kind)).await {
                 Ok(r) => r,
                 Err(e) => e.into_response(),
             }

@@ -45,9 +45,12 @@ async fn handle(State(state): State<AppState>, req: Request<Body>) -> Result<Res
                     if mime.is_empty() { "(none)" } else { mime }
                 )));
             }
+            // The request (its headers and body are slices of the
+            // connection's read buffer) is gone before the call waits.
             let body: Bytes = read_body(req.into_body(), state.limits.max_body).await?;
             let parsed: serde_json::Value = serde_json::from_slice(&body)
                 .map_err(|e| ApiError::bad_request(format!("The body is not valid JSON: {e}")))?;
+            drop(body);
             let chunks = lowstate::chunks_from_json(parsed, false)?;
             let ret = lowstate::run_chunks(&state, chunks).await?;
             Ok(json_response(StatusCode::OK, &json!({"return": ret})))

@@ -1,4 +1,5 @@
-//! `http-load`: an HTTP/1.1 load generator that checks every response body.
+//! `http-load`: an HTTP/1.1 and HTTP/2 load generator (plain or TLS) that
+//! checks every response body.
 //!
 //! Each of `--concurrency` workers owns one keep-alive connection and sends
 //! its requests one after another, for `--duration` seconds or until
@@ -18,7 +19,9 @@ use hyper::client::conn::{http1, http2};
 use hyper::Request;
 use hyper_util::rt::TokioIo;
 use serde_json::json;
+use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
+use tokio_rustls::TlsConnector;
 
 #[derive(Debug, Parser)]
 #[command(about = "HTTP/1.1 and h2c load generator with response-body checks")]
@@ -54,18 +57,26 @@ struct Args {
     /// connections, the concurrent requests spread over them as streams.
     #[arg(long)]
     h2_connections: Option<usize>,
+    /// PEM certificate(s) to trust for an https:// URL (for example the
+    /// server's self-signed certificate). With TLS, HTTP/2 or HTTP/1.1 is
+    /// chosen by ALPN as `--h2-connections` asks.
+    #[arg(long)]
+    cacert: Option<std::path::PathBuf>,
 }
 
 struct Target {
     addr: String,
     host: String,
     path: String,
+    tls: bool,
 }
 
 fn parse_url(url: &str) -> Result<Target, String> {
-    let rest = url
-        .strip_prefix("http://")
-        .ok_or("only http:// URLs are supported")?;
+    let (rest, tls) = match (url.strip_prefix("http://"), url.strip_prefix("https://")) {
+        (Some(rest), _) => (rest, false),
+        (None, Some(rest)) => (rest, true),
+        _ => return Err("only http:// and https:// URLs are supported".into()),
+    };
     let (authority, path) = match rest.find('/') {
         Some(i) => (&rest[..i], &rest[i..]),
         None => (rest, "/"),
@@ -77,13 +88,43 @@ fn parse_url(url: &str) -> Result<Target, String> {
     let addr = if authority.contains(':') {
         authority.replace("localhost", "127.0.0.1")
     } else {
-        format!("{}:80", authority.replace("localhost", "127.0.0.1"))
+        let port = if tls { 443 } else { 80 };
+        format!("{}:{port}", authority.replace("localhost", "127.0.0.1"))
     };
     Ok(Target {
         addr,
         host: authority.to_owned(),
         path: path.to_owned(),
+        tls,
     })
+}
+
+/// A TLS client trusting the certificates in `cacert`, offering `h2` or
+/// `http/1.1` by ALPN.
+fn tls_connector(cacert: &std::path::Path, http2: bool) -> Result<TlsConnector, String> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::CertificateDer;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in
+        CertificateDer::pem_file_iter(cacert).map_err(|e| format!("{}: {e}", cacert.display()))?
+    {
+        let cert = cert.map_err(|e| format!("{}: {e}", cacert.display()))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("{}: {e}", cacert.display()))?;
+    }
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut config = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    config.alpn_protocols = vec![if http2 {
+        b"h2".to_vec()
+    } else {
+        b"http/1.1".to_vec()
+    }];
+    Ok(TlsConnector::from(Arc::new(config)))
 }
 
 struct Shared {
@@ -100,6 +141,7 @@ struct Shared {
     connections: AtomicU64,
     statuses: std::sync::Mutex<std::collections::BTreeMap<u16, u64>>,
     http2: bool,
+    tls: Option<TlsConnector>,
 }
 
 impl Shared {
@@ -159,17 +201,17 @@ async fn connect(shared: &Shared) -> Result<Sender, String> {
         match TcpStream::connect(&shared.target.addr).await {
             Ok(stream) => {
                 let _ = stream.set_nodelay(true);
-                let io = TokioIo::new(stream);
-                let sender = if shared.http2 {
-                    let (sender, conn) = http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    tokio::spawn(conn);
-                    Sender::H2(sender)
-                } else {
-                    let (sender, conn) = http1::handshake(io).await.map_err(|e| e.to_string())?;
-                    tokio::spawn(conn);
-                    Sender::H1(sender)
+                let sender = match &shared.tls {
+                    Some(tls) => {
+                        let name = rustls::pki_types::ServerName::try_from("localhost")
+                            .map_err(|e| e.to_string())?;
+                        let stream = tls
+                            .connect(name, stream)
+                            .await
+                            .map_err(|e| format!("TLS: {e}"))?;
+                        handshake(shared.http2, stream).await?
+                    }
+                    None => handshake(shared.http2, stream).await?,
                 };
                 shared.connections.fetch_add(1, Ordering::Relaxed);
                 return Ok(sender);
@@ -181,6 +223,24 @@ async fn connect(shared: &Shared) -> Result<Sender, String> {
         }
     }
     Err(format!("connect {}: {last}", shared.target.addr))
+}
+
+async fn handshake<S>(http2: bool, stream: S) -> Result<Sender, String>
+where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let io = TokioIo::new(stream);
+    Ok(if http2 {
+        let (sender, conn) = http2::handshake(hyper_util::rt::TokioExecutor::new(), io)
+            .await
+            .map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        Sender::H2(sender)
+    } else {
+        let (sender, conn) = http1::handshake(io).await.map_err(|e| e.to_string())?;
+        tokio::spawn(conn);
+        Sender::H1(sender)
+    })
 }
 
 async fn one(shared: &Shared, sender: &mut Sender) -> Result<(u16, Bytes), String> {
@@ -305,6 +365,21 @@ fn main() -> std::process::ExitCode {
             }
         }
     }
+    let http2 = args.h2_connections.is_some();
+    let tls = match (&args.cacert, target.tls) {
+        (Some(ca), true) => match tls_connector(ca, http2) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("http-load: {e}");
+                return std::process::ExitCode::from(2);
+            }
+        },
+        (None, true) => {
+            eprintln!("http-load: an https:// URL needs --cacert");
+            return std::process::ExitCode::from(2);
+        }
+        (_, false) => None,
+    };
     let runtime = match tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -332,7 +407,8 @@ fn main() -> std::process::ExitCode {
         max_in_flight: AtomicU64::new(0),
         connections: AtomicU64::new(0),
         statuses: Default::default(),
-        http2: args.h2_connections.is_some(),
+        http2,
+        tls,
     });
     let started = Instant::now();
     let stats = runtime.block_on(async {
@@ -375,7 +451,12 @@ fn main() -> std::process::ExitCode {
             "concurrency": args.concurrency,
             "check": format!("{:?}", args.check),
             "connections": shared.connections.load(Ordering::Relaxed),
-            "http": if shared.http2 { "2 (h2c)" } else { "1.1" },
+            "http": match (shared.http2, shared.tls.is_some()) {
+                (true, false) => "2 (h2c)",
+                (true, true) => "2 (TLS)",
+                (false, false) => "1.1",
+                (false, true) => "1.1 (TLS)",
+            },
             "max_in_flight": shared.max_in_flight.load(Ordering::Relaxed),
             "status": statuses,
         }),

@@ -202,6 +202,55 @@ fn connections_beyond_max_connections_are_closed() {
     );
 }
 
+/// One HTTP/1.1 exchange on a new connection: the status line.
+fn exchange(port: u16, head_pad: usize, body: &[u8]) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let method = if body.is_empty() { "GET" } else { "POST" };
+    let head = format!(
+        "{method} / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\nX-Pad: {}\r\n\r\n",
+        body.len(),
+        "p".repeat(head_pad)
+    );
+    let _ = s.write_all(head.as_bytes());
+    let _ = s.write_all(body);
+    let mut answer = Vec::new();
+    let _ = s.read_to_end(&mut answer);
+    let answer = String::from_utf8_lossy(&answer).into_owned();
+    answer.lines().next().unwrap_or("").to_owned()
+}
+
+#[test]
+fn http1_read_buffer_cap_bounds_the_head_not_the_body() {
+    let h = wsgi("h1buf", &[]);
+    // A head within the default 8 KiB is served; a larger one is refused.
+    assert!(exchange(h.port, 6000, b"").starts_with("HTTP/1.1 200"));
+    let refused = exchange(h.port, 12_000, b"");
+    assert!(refused.starts_with("HTTP/1.1 431"), "{refused}");
+    // A body far larger than the buffer is still read whole: it reaches the
+    // JSON parser, which names its last byte.
+    let mut body = br#"{"pad": ""#.to_vec();
+    body.extend(std::iter::repeat_n(b'x', 200_000));
+    body.extend_from_slice(br#""} trailing"#);
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", h.port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let head = format!(
+        "POST / HTTP/1.1\r\nHost: x\r\nConnection: close\r\nContent-Type: application/json\r\n\
+         Content-Length: {}\r\n\r\n",
+        body.len()
+    );
+    s.write_all(head.as_bytes()).unwrap();
+    s.write_all(&body).unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    assert!(answer.starts_with("HTTP/1.1 400"), "{answer}");
+    assert!(answer.contains("trailing characters"), "{answer}");
+    // The option raises the cap.
+    let big = wsgi("h1buf-big", &[("http1_max_buf_size", 65536.into())]);
+    assert!(exchange(big.port, 12_000, b"").starts_with("HTTP/1.1 200"));
+}
+
 #[tokio::test]
 async fn tls12_client_refused_when_tls13_is_required() {
     let (h, _) = tls_wsgi("tls13", &[("tls_min_version", "1.3".into())]);
