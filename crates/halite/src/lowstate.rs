@@ -115,27 +115,17 @@ fn outcome_label(kind: ErrorKind) -> &'static str {
     }
 }
 
-/// A synchronous `local` chunk, answered as `Netapi::run` answers it (the
-/// returns in arrival order, then the minions that did not return). Its own
-/// future is about half of `Netapi::run`'s, which holds room for the largest
-/// of every client's: at 10,000 calls in flight, ~2 KiB less per call.
+/// A synchronous `local` chunk, answered as `Netapi::run` answers it
+/// (`Gatherer::answer`). Its own future is about half of `Netapi::run`'s,
+/// which holds room for the largest of every client's: at 10,000 calls in
+/// flight, ~2 KiB less per call.
 async fn run_local(
     netapi: &salt_client::clients::Netapi,
     chunk: Lowstate,
 ) -> Result<Output, salt_client::SaltError> {
-    let mut out = serde_json::Map::new();
-    if let Some(mut gather) = netapi.start_local(chunk).await? {
-        while let Some((id, ev)) = gather.next().await {
-            let value = gather.job().shape(ev.data(), gather.jid());
-            out.insert(id, value);
-        }
-        let jid = gather.jid().to_owned();
-        let job = gather.job().clone();
-        let outcome = gather.finish();
-        for id in outcome.no_return {
-            let missing = outcome.missing.contains(&id);
-            out.insert(id, job.no_return_value(netapi.master(), &jid, missing));
-        }
-    }
-    Ok(Output::One(Json::Object(out)))
+    let answer = match netapi.start_local(chunk).await? {
+        Some(gather) => gather.answer().await?,
+        None => Json::Object(serde_json::Map::new()),
+    };
+    Ok(Output::One(answer))
 }

@@ -156,6 +156,15 @@ pub async fn answer(netapi: &Netapi, chunk: Lowstate, kind: Kind) -> Result<Resp
                         let line = kind.frame("return", &json!({"id": id, "return": value}));
                         Some((Ok(line), Phase::Returns(g, returned + 1)))
                     }
+                    None if g.interrupted() => {
+                        // The master went away mid-call: no `no_return`
+                        // (nobody knows who will still return), the jid to
+                        // look the job up through another master.
+                        let error = g.interrupted_error().to_string();
+                        let done = json!({"done": true, "jid": g.jid(), "returned": returned,
+                            "interrupted": true, "error": error});
+                        Some((Ok(kind.frame("done", &done)), Phase::Over))
+                    }
                     None => {
                         let jid = g.jid().to_owned();
                         let job = g.job().clone();

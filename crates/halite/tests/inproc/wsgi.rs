@@ -251,6 +251,49 @@ async fn a_silent_minion_is_reported_as_salt_3008_does() {
 }
 
 #[tokio::test]
+async fn a_master_lost_mid_call_is_503_with_the_jid() {
+    let h = Inproc::start().await;
+    // One minion never answers, so the call is still gathering when the
+    // master's bus goes away.
+    h.fake.silence("ms-2");
+    let body = json!([auto(
+        json!({"client": "local", "tgt": "*", "fun": "test.ping", "timeout": 60})
+    )]);
+    let call = h.wsgi_post(&body);
+    let lose_the_bus = async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while !h.fake.requests().iter().any(|r| r["cmd"] == "publish") {
+            assert!(
+                Instant::now() < deadline,
+                "the call never reached the master"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        h.fake.disconnect_bus();
+    };
+    let started = Instant::now();
+    let (r, ()) = tokio::join!(call, lose_the_bus);
+    assert_eq!(r.status, StatusCode::SERVICE_UNAVAILABLE, "{}", r.text());
+    assert!(
+        started.elapsed() < Duration::from_secs(30),
+        "the call waited for its timeout instead of failing fast"
+    );
+    let jid = h
+        .fake
+        .requests()
+        .iter()
+        .find(|r| r["cmd"] == "publish")
+        .and_then(|r| r["jid"].as_str().map(str::to_owned))
+        .filter(|j| !j.is_empty());
+    let text = r.text();
+    match jid {
+        Some(jid) => assert!(text.contains(&jid), "no jid {jid} in {text}"),
+        None => assert!(text.contains("jobs.lookup_jid (jid "), "{text}"),
+    }
+}
+
+#[tokio::test]
 async fn disabled_and_unknown_clients_are_400() {
     let h = Inproc::start().await;
     for client in ["no_such_client", "ssh"] {

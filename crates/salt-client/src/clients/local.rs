@@ -167,23 +167,10 @@ impl LocalJob {
 
     /// Publish and wait for every return: `LocalClient.cmd`.
     pub async fn cmd(&self, master: &Master, jid: Option<String>) -> Result<Json> {
-        let Some(mut gather) = self.start(master, jid).await? else {
-            return Ok(Json::Object(Map::new()));
-        };
-        let mut out = Map::new();
-        while let Some((id, ev)) = gather.next().await {
-            out.insert(id, self.shape(ev.data(), gather.jid()));
+        match self.start(master, jid).await? {
+            Some(gather) => gather.answer().await,
+            None => Ok(Json::Object(Map::new())),
         }
-        if gather.interrupted() {
-            return Err(gather.interrupted_error());
-        }
-        let jid = gather.jid().to_owned();
-        let outcome = gather.finish();
-        for id in outcome.no_return {
-            let missing = outcome.missing.contains(&id);
-            out.insert(id, self.no_return_value(master, &jid, missing));
-        }
-        Ok(Json::Object(out))
     }
 
     /// A minion's return as `cmd` reports it.
@@ -481,6 +468,29 @@ impl Gatherer {
                 }
             }
         }
+    }
+
+    /// Gather every return into the synchronous `local` answer: the
+    /// returns in arrival order, then the minions that did not return. A
+    /// master that went away mid-call is an `Unreachable` error naming the
+    /// jid, never a partial answer.
+    pub async fn answer(mut self) -> Result<Json> {
+        let mut out = Map::new();
+        while let Some((id, ev)) = self.next().await {
+            out.insert(id, self.job.shape(ev.data(), &self.jid));
+        }
+        if self.interrupted {
+            return Err(self.interrupted_error());
+        }
+        let job = self.job.clone();
+        let master = self.master.clone();
+        let jid = self.jid.clone();
+        let outcome = self.finish();
+        for id in outcome.no_return {
+            let missing = outcome.missing.contains(&id);
+            out.insert(id, job.no_return_value(&master, &jid, missing));
+        }
+        Ok(Json::Object(out))
     }
 
     /// What the gathering ended with: who never returned, who is missing.
