@@ -13,6 +13,10 @@ use std::time::{Duration, Instant};
 use futures_util::StreamExt;
 use serde_json::{json, Value as Json};
 
+#[path = "support/mod.rs"]
+mod support;
+use support::login;
+
 /// One test at a time: the failover test stops a master of the shared lab.
 static LAB: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
 
@@ -35,27 +39,10 @@ fn halite(i: usize) -> String {
 }
 
 fn http() -> reqwest::Client {
-    reqwest::Client::builder()
-        .timeout(Duration::from_secs(90))
+    support::builder()
         .pool_max_idle_per_host(0)
         .build()
         .unwrap()
-}
-
-async fn login(http: &reqwest::Client, base: &str) -> String {
-    let resp = http
-        .post(format!("{base}/login"))
-        .header("Accept", "application/json")
-        .json(&json!({"eauth": "auto", "username": "saltdev", "password": "x"}))
-        .send()
-        .await
-        .expect("POST /login");
-    assert_eq!(resp.status(), 200, "POST /login through {base}");
-    let body: Json = resp.json().await.expect("/login answers JSON");
-    body["return"][0]["token"]
-        .as_str()
-        .unwrap_or_else(|| panic!("no token in {body}"))
-        .to_owned()
 }
 
 /// The `i`-th call of the mixed workload: local, local_async, runner, wheel.
@@ -153,7 +140,7 @@ async fn balanced_calls_shared_tokens_jobs_events_and_logout() {
     let _lab = LAB.lock().await;
     let http = http();
     wait_both_ready(&http).await;
-    let token = login(&http, &balancer()).await;
+    let token = login(&http, &balancer(), "saltdev").await;
 
     // The token (minted by one master) works on each halite, so on each master.
     for i in 0..2 {
@@ -329,7 +316,7 @@ async fn failover_when_a_master_dies_under_load() {
     let _lab = LAB.lock().await;
     let http = http();
     wait_both_ready(&http).await;
-    let token = login(&http, &balancer()).await;
+    let token = login(&http, &balancer(), "saltdev").await;
     let tally = std::sync::Arc::new(std::sync::Mutex::new(Tally::default()));
     let start = Instant::now();
     let run_for = Duration::from_secs(60);
