@@ -108,32 +108,25 @@ impl Sse {
     /// The first line of the stream (salt-api sends `retry: 400\n` alone,
     /// before any event), or `None` after `wait` without one.
     pub async fn first_line(&mut self, wait: Duration) -> Option<String> {
-        let deadline = tokio::time::Instant::now() + wait;
-        loop {
-            if let Some(i) = self.buf.find('\n') {
-                let line = self.buf[..i].to_owned();
-                self.buf.drain(..i + 1);
-                return Some(line);
-            }
-            let chunk = tokio::time::timeout_at(deadline, self.resp.chunk())
-                .await
-                .ok()?
-                .ok()??;
-            let text = String::from_utf8_lossy(&chunk);
-            self.all.push_str(&text);
-            self.buf.push_str(&text);
-        }
+        self.take_through("\n", wait).await
     }
 
     /// The next frame (text up to a blank line), or `None` at the end of
     /// the stream or after `wait` without one.
     pub async fn next_frame(&mut self, wait: Duration) -> Option<String> {
+        self.take_through("\n\n", wait).await
+    }
+
+    /// The buffered text before the next `end` (which is consumed too),
+    /// reading more of the stream as needed; `None` at the end of the
+    /// stream or after `wait`.
+    async fn take_through(&mut self, end: &str, wait: Duration) -> Option<String> {
         let deadline = tokio::time::Instant::now() + wait;
         loop {
-            if let Some(i) = self.buf.find("\n\n") {
-                let frame = self.buf[..i].to_owned();
-                self.buf.drain(..i + 2);
-                return Some(frame);
+            if let Some(i) = self.buf.find(end) {
+                let taken = self.buf[..i].to_owned();
+                self.buf.drain(..i + end.len());
+                return Some(taken);
             }
             let chunk = tokio::time::timeout_at(deadline, self.resp.chunk())
                 .await
