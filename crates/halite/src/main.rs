@@ -30,7 +30,8 @@ Environment:
 
 Signals:
   SIGTERM, SIGINT  stop accepting, end /events and /ws streams, let requests
-                   in flight finish (graceful_shutdown_timeout, default 30 s),
+                   in flight finish (graceful_shutdown_timeout, default 30 s;
+                   calls still waiting then answer 503 with their jid),
                    exit 0
   SIGHUP           reload TLS certificates and keys, and the master config's
                    per-request keys (external_auth, nodegroups, enabled

@@ -2,7 +2,10 @@
 //!
 //! * SIGTERM/SIGINT: stop accepting, end `/events` and `/ws` streams with a
 //!   final event, let requests in flight finish for up to the grace period
-//!   (`graceful_shutdown_timeout`), then return (exit 0).
+//!   (`graceful_shutdown_timeout`), then return (exit 0). Calls still
+//!   waiting for their jobs when the grace period is over answer 503 with
+//!   the jid ([`Shutdown::cut`]); connections still open [`CUT_MARGIN`]
+//!   later are closed.
 //! * SIGHUP: re-read every surface's TLS certificate, key and chain; a file
 //!   that does not load keeps the old certificate and logs why. Open
 //!   connections are not touched; new handshakes use the new certificate.
@@ -44,6 +47,10 @@ use crate::tls::{self, TlsFiles};
 /// How long an HTTP/2 keep-alive ping may go unanswered before the
 /// connection is closed.
 const HTTP2_PING_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// How long after the grace period the answers of cut calls get to be
+/// written before their connections are closed.
+const CUT_MARGIN: Duration = Duration::from_secs(5);
 
 /// A surface's TLS, kept to be reloaded on SIGHUP.
 struct Reloadable {
@@ -218,7 +225,15 @@ async fn handle_signals(
         "shutting down: no new connections; finishing requests in flight"
     );
     shutdown.trigger();
-    handle.graceful_shutdown(Some(grace));
+    handle.graceful_shutdown(Some(grace + CUT_MARGIN));
+    tokio::time::sleep(grace).await;
+    // Still running: the server has requests in flight (it ends as soon as
+    // it has none).
+    tracing::warn!(
+        in_flight = metrics.requests_in_flight(),
+        "graceful_shutdown_timeout is over: calls still waiting answer 503 with their jid (the jobs go on)"
+    );
+    shutdown.cut();
 }
 
 /// SIGHUP: load every surface's certificate again; a surface whose files do

@@ -187,7 +187,8 @@ pub struct Surface {
     pub connections: ConnectionLimits,
     pub tls_options: TlsOptions,
     /// `graceful_shutdown_timeout` (seconds, default 30): on SIGTERM, how
-    /// long requests in flight may take to finish.
+    /// long requests in flight may take to finish; calls still waiting then
+    /// answer 503 with their jid.
     pub grace: Duration,
     /// Only for the rest_cherrypy surface.
     pub cherrypy: CherrypyOptions,

@@ -1,21 +1,36 @@
-//! The process-wide "we are stopping" signal that long-lived responses
-//! (`/events`, `/ws`) watch, so they can end with a final event instead of
-//! being cut when the grace period runs out.
+//! The process-wide "we are stopping" signal, in two steps:
+//!
+//! 1. [`Shutdown::trigger`] (SIGTERM/SIGINT): long-lived responses
+//!    (`/events`, `/ws`) end with a final event; calls in flight go on.
+//! 2. [`Shutdown::cut`] (`graceful_shutdown_timeout` is over): calls still
+//!    waiting for their jobs answer 503 with the jid at once, instead of
+//!    having their connection closed without an answer.
 
+use std::future::Future;
 use std::sync::Arc;
 
+use salt_client::SaltError;
 use tokio::sync::watch;
 
-/// A signal set once, by `serve` on SIGTERM/SIGINT; every clone sees it.
+/// How far the server is in stopping.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+enum Phase {
+    Serving,
+    Stopping,
+    Cut,
+}
+
+/// A signal set by `serve` on SIGTERM/SIGINT, then again when the grace
+/// period is over; every clone sees it.
 #[derive(Debug, Clone)]
 pub struct Shutdown {
-    tx: Arc<watch::Sender<bool>>,
+    tx: Arc<watch::Sender<Phase>>,
 }
 
 impl Default for Shutdown {
     fn default() -> Self {
         Shutdown {
-            tx: Arc::new(watch::channel(false).0),
+            tx: Arc::new(watch::channel(Phase::Serving).0),
         }
     }
 }
@@ -23,24 +38,78 @@ impl Default for Shutdown {
 impl Shutdown {
     /// Tell every waiter that the server is stopping.
     pub fn trigger(&self) {
-        self.tx.send_replace(true);
+        self.advance(Phase::Stopping);
     }
 
-    /// Whether [`Shutdown::trigger`] was called.
+    /// The grace period is over: calls still in flight are cut (and
+    /// [`Shutdown::wait`] resolves too, if `trigger` was never called).
+    pub fn cut(&self) {
+        self.advance(Phase::Cut);
+    }
+
+    /// Whether [`Shutdown::trigger`] (or [`Shutdown::cut`]) was called.
     pub fn is_triggered(&self) -> bool {
-        *self.tx.borrow()
+        *self.tx.borrow() >= Phase::Stopping
     }
 
     /// Resolves once the server is stopping (at once if it already is).
     pub async fn wait(&self) {
+        self.reached(Phase::Stopping).await;
+    }
+
+    /// Resolves once calls in flight must be cut (at once if they must).
+    pub async fn wait_cut(&self) {
+        self.reached(Phase::Cut).await;
+    }
+
+    /// `call`, unless the cut comes first: then the 503 a call cut short
+    /// answers, naming the job it was waiting for, if any.
+    pub async fn or_cut<T>(
+        &self,
+        jid: Option<&str>,
+        call: impl Future<Output = Result<T, SaltError>>,
+    ) -> Result<T, SaltError> {
+        tokio::select! {
+            biased;
+            () = self.wait_cut() => Err(cut_error(jid)),
+            done = call => done,
+        }
+    }
+
+    fn advance(&self, to: Phase) {
+        self.tx.send_if_modified(|now| {
+            let later = to > *now;
+            if later {
+                *now = to;
+            }
+            later
+        });
+    }
+
+    async fn reached(&self, phase: Phase) {
         let mut rx = self.tx.subscribe();
         // The sender lives in `self`, so `wait_for` cannot fail while we wait.
-        let _ = rx.wait_for(|stopping| *stopping).await;
+        let _ = rx.wait_for(|now| *now >= phase).await;
     }
+}
+
+/// What a call cut short by the end of the grace period answers (503).
+pub fn cut_error(jid: Option<&str>) -> SaltError {
+    SaltError::Unreachable(match jid {
+        Some(jid) => format!(
+            "halite is stopping and its graceful_shutdown_timeout ran out while job {jid} \
+             was running; the job goes on: look it up with the runner jobs.lookup_jid (jid {jid})"
+        ),
+        None => "halite is stopping and its graceful_shutdown_timeout ran out before this call \
+                 finished; what it started on the master goes on"
+            .to_owned(),
+    })
 }
 
 #[cfg(test)]
 mod tests {
+    use std::time::Duration;
+
     use super::Shutdown;
 
     #[tokio::test]
@@ -50,12 +119,33 @@ mod tests {
         let waiter = tokio::spawn(async move { other.wait().await });
         assert!(!s.is_triggered());
         s.trigger();
-        tokio::time::timeout(std::time::Duration::from_secs(5), waiter)
+        tokio::time::timeout(Duration::from_secs(5), waiter)
             .await
             .expect("the waiter wakes")
             .expect("the waiter does not panic");
         assert!(s.is_triggered());
         // A waiter that comes late returns at once.
         s.wait().await;
+    }
+
+    #[tokio::test]
+    async fn the_cut_comes_only_when_called_and_never_goes_back() {
+        let s = Shutdown::default();
+        let other = s.clone();
+        let cut = tokio::spawn(async move { other.wait_cut().await });
+        s.trigger();
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!cut.is_finished(), "stopping is not yet a cut");
+        s.cut();
+        tokio::time::timeout(Duration::from_secs(5), cut)
+            .await
+            .expect("the cut wakes its waiter")
+            .expect("the waiter does not panic");
+        // A late trigger does not undo the cut.
+        s.trigger();
+        tokio::time::timeout(Duration::from_secs(1), s.wait_cut())
+            .await
+            .expect("still cut");
+        assert!(s.is_triggered());
     }
 }

@@ -19,6 +19,9 @@
 //! the gathering (its returns wait in the job's bounded queue; the event bus
 //! is never held up). Errors before the job is published (credentials,
 //! bad lowstate, master down) are ordinary error answers with their status.
+//! A master lost mid-call, or the end of a shutdown's grace period, ends the
+//! stream with a `done` line holding `interrupted: true` and an `error`
+//! naming the jid instead of `no_return`.
 
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
@@ -26,10 +29,11 @@ use axum::http::{header, HeaderMap, HeaderValue, Method};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use futures_util::stream;
-use salt_client::clients::{Gatherer, Lowstate, Netapi};
+use salt_client::clients::{Gatherer, Lowstate};
 use serde_json::{json, Map, Value as Json};
 
 use crate::error::ApiError;
+use crate::shutdown::cut_error;
 use crate::{lowstate, pyjson, AppState};
 
 /// The streamed media types.
@@ -111,7 +115,7 @@ fn single_local(chunks: &mut Vec<Lowstate>) -> Option<Lowstate> {
 }
 
 /// Publish `chunk` and answer with its returns as a stream.
-pub async fn answer(netapi: &Netapi, chunk: Lowstate, kind: Kind) -> Result<Response, ApiError> {
+pub async fn answer(app: &AppState, chunk: Lowstate, kind: Kind) -> Result<Response, ApiError> {
     if let Some(token) = chunk.get("token") {
         match token.as_str() {
             Some(t) if salt_client::auth::validate_token_text(t).is_ok() => {}
@@ -122,8 +126,9 @@ pub async fn answer(netapi: &Netapi, chunk: Lowstate, kind: Kind) -> Result<Resp
             }
         }
     }
-    let gatherer = netapi.start_local(chunk).await?;
-    let master = netapi.master().clone();
+    let shutdown = app.shutdown.clone();
+    let gatherer = shutdown.or_cut(None, app.netapi.start_local(chunk)).await?;
+    let master = app.netapi.master().clone();
     let start = match &gatherer {
         Some(g) => json!({"jid": g.jid(), "minions": g.expected_minions()}),
         None => json!({"jid": Json::Null, "minions": []}),
@@ -138,6 +143,7 @@ pub async fn answer(netapi: &Netapi, chunk: Lowstate, kind: Kind) -> Result<Resp
     let body = stream::unfold(Phase::Start(gatherer), move |phase| {
         let master = master.clone();
         let first = first.clone();
+        let shutdown = shutdown.clone();
         async move {
             match phase {
                 Phase::Start(Some(g)) => {
@@ -150,13 +156,25 @@ pub async fn answer(netapi: &Netapi, chunk: Lowstate, kind: Kind) -> Result<Resp
                     bytes.extend_from_slice(&kind.frame("done", &done));
                     Some((Ok(Bytes::from(bytes)), Phase::Over))
                 }
-                Phase::Returns(mut g, returned) => match g.next().await {
-                    Some((id, ev)) => {
+                Phase::Returns(mut g, returned) => match shutdown
+                    .or_cut(None, async {
+                        Ok::<_, salt_client::SaltError>(g.next().await)
+                    })
+                    .await
+                {
+                    Err(_) => {
+                        // The grace period of a shutdown is over.
+                        let error = cut_error(Some(g.jid())).to_string();
+                        let done = json!({"done": true, "jid": g.jid(), "returned": returned,
+                            "interrupted": true, "error": error});
+                        Some((Ok(kind.frame("done", &done)), Phase::Over))
+                    }
+                    Ok(Some((id, ev))) => {
                         let value = g.job().shape(ev.data(), g.jid());
                         let line = kind.frame("return", &json!({"id": id, "return": value}));
                         Some((Ok(line), Phase::Returns(g, returned + 1)))
                     }
-                    None if g.interrupted() => {
+                    Ok(None) if g.interrupted() => {
                         // The master went away mid-call: no `no_return`
                         // (nobody knows who will still return), the jid to
                         // look the job up through another master.
@@ -165,7 +183,7 @@ pub async fn answer(netapi: &Netapi, chunk: Lowstate, kind: Kind) -> Result<Resp
                             "interrupted": true, "error": error});
                         Some((Ok(kind.frame("done", &done)), Phase::Over))
                     }
-                    None => {
+                    Ok(None) => {
                         let jid = g.jid().to_owned();
                         let job = g.job().clone();
                         let outcome = g.finish();
@@ -239,7 +257,7 @@ pub async fn wsgi(State(state): State<AppState>, req: Request, next: Next) -> Re
     // Both are boxed: this middleware's own future stays small while the
     // ordinary answer (`next.run`) waits, often for seconds, in every call.
     match Box::pin(take_chunk(req, state.limits.max_body, parse)).await {
-        Ok(Ok((chunk, kind, _))) => Box::pin(answer(&state.netapi, chunk, kind))
+        Ok(Ok((chunk, kind, _))) => Box::pin(answer(&state, chunk, kind))
             .await
             .unwrap_or_else(IntoResponse::into_response),
         Ok(Err(req)) => next.run(req).await,
@@ -269,7 +287,7 @@ pub async fn cherrypy(
                     Err(e) => return e.into_response(),
                 }
             }
-            match Box::pin(answer(&state.app.netapi, chunk, kind)).await {
+            match Box::pin(answer(&state.app, chunk, kind)).await {
                 Ok(r) => r,
                 Err(e) => e.into_response(),
             }

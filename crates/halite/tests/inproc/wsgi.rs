@@ -293,6 +293,85 @@ async fn a_master_lost_mid_call_is_503_with_the_jid() {
     }
 }
 
+/// SIGTERM lets calls in flight go on; when the grace period is over, a
+/// call still waiting answers 503 with its jid, plainly or as the last line
+/// of a streamed answer.
+#[tokio::test]
+async fn a_call_still_waiting_when_the_grace_period_ends_is_503_with_the_jid() {
+    let h = Inproc::start().await;
+    h.fake.silence("ms-2");
+    let body = json!([auto(
+        json!({"client": "local", "tgt": "*", "fun": "test.ping", "timeout": 60})
+    )]);
+    let plain = h.wsgi_post(&body);
+    let streamed = Inproc::send(
+        &h.wsgi,
+        Request::post("/")
+            .header(header::CONTENT_TYPE, "application/json")
+            .header(header::ACCEPT, "application/x-ndjson")
+            .body(Body::from(body.to_string()))
+            .unwrap(),
+    );
+    let stop = async {
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while h
+            .fake
+            .requests()
+            .iter()
+            .filter(|r| r["cmd"] == "publish")
+            .count()
+            < 2
+        {
+            assert!(
+                Instant::now() < deadline,
+                "the calls never reached the master"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        h.shutdown.trigger();
+        // Stopping alone does not end a call.
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        let cut = Instant::now();
+        h.shutdown.cut();
+        cut
+    };
+    let (plain, streamed, cut) = tokio::join!(plain, streamed, stop);
+    let answered = Instant::now();
+    assert!(answered >= cut);
+    let jids: Vec<String> = h
+        .fake
+        .requests()
+        .iter()
+        .filter(|r| r["cmd"] == "publish")
+        .filter_map(|r| r["jid"].as_str().map(str::to_owned))
+        .collect();
+    let names_a_jid = |text: &str| {
+        jids.iter()
+            .any(|j| !j.is_empty() && text.contains(j.as_str()))
+    };
+
+    assert_eq!(
+        plain.status,
+        StatusCode::SERVICE_UNAVAILABLE,
+        "{}",
+        plain.text()
+    );
+    let text = plain.text();
+    assert!(text.contains("graceful_shutdown_timeout"), "{text}");
+    assert!(names_a_jid(&text), "no jid of {jids:?} in {text}");
+
+    assert_eq!(streamed.status, StatusCode::OK, "{}", streamed.text());
+    let text = streamed.text();
+    let last: Json = serde_json::from_str(text.lines().last().unwrap_or_default())
+        .unwrap_or_else(|e| panic!("the last line is not JSON ({e}): {text}"));
+    assert_eq!(last["done"], json!(true), "{text}");
+    assert_eq!(last["interrupted"], json!(true), "{text}");
+    assert_eq!(last["returned"], json!(2), "ms-0 and ms-1 returned: {text}");
+    let error = last["error"].as_str().unwrap_or_default();
+    assert!(error.contains("graceful_shutdown_timeout"), "{text}");
+    assert!(names_a_jid(error), "no jid of {jids:?} in {text}");
+}
+
 #[tokio::test]
 async fn disabled_and_unknown_clients_are_400() {
     let h = Inproc::start().await;

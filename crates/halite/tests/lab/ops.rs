@@ -1,5 +1,6 @@
 //! SIGTERM against the Salt lab: synchronous `local` calls in flight are
-//! all answered, and `/events` streams end with a final event.
+//! all answered, `/events` streams end with a final event, and calls still
+//! waiting when the grace period is over answer 503 with their jid.
 //! Needs the lab (`scripts/lab start`, then `eval "$(scripts/lab env)"`).
 
 use std::time::{Duration, Instant};
@@ -24,27 +25,28 @@ async fn metric(client: &reqwest::Client, base: &str, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {name} in\n{text}"))
 }
 
-#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn sigterm_answers_every_call_in_flight_and_ends_streams() {
+/// A halite of its own (it gets signalled) with both surfaces over plain
+/// HTTP and `graceful_shutdown_timeout: grace` (halite takes the longest of
+/// the surfaces'), ready; its rest_wsgi and
+/// rest_cherrypy URLs.
+async fn draining_halite(grace: u64, http: &reqwest::Client) -> (Halite, String, String) {
     let lab = lab_config();
     let text = std::fs::read_to_string(&lab).expect("read the lab's halite config");
     let mut cfg: serde_norway::Mapping = serde_norway::from_str(&text).expect("a YAML mapping");
     let (wsgi_port, cp_port) = (free_port(), free_port());
-    let wsgi: serde_norway::Mapping =
-        serde_norway::from_str(&format!("{{port: {wsgi_port}, host: 127.0.0.1}}")).unwrap();
+    let wsgi: serde_norway::Mapping = serde_norway::from_str(&format!(
+        "{{port: {wsgi_port}, host: 127.0.0.1, graceful_shutdown_timeout: {grace}}}"
+    ))
+    .unwrap();
     let cp: serde_norway::Mapping = serde_norway::from_str(&format!(
-        "{{port: {cp_port}, host: 127.0.0.1, disable_ssl: true}}"
+        "{{port: {cp_port}, host: 127.0.0.1, disable_ssl: true, graceful_shutdown_timeout: {grace}}}"
     ))
     .unwrap();
     cfg.insert("rest_wsgi".into(), wsgi.into());
     cfg.insert("rest_cherrypy".into(), cp.into());
-    let mut h = Halite::start_in(temp_dir("drain"), &cfg, wsgi_port);
+    let h = Halite::start_in(temp_dir("drain"), &cfg, wsgi_port);
     let wsgi_url = format!("http://127.0.0.1:{wsgi_port}");
     let cp_url = format!("http://127.0.0.1:{cp_port}");
-    let http = reqwest::Client::builder()
-        .timeout(Duration::from_secs(60))
-        .build()
-        .unwrap();
 
     // Ready (event bus connected) before the calls, or they could not wait.
     let start = Instant::now();
@@ -58,8 +60,12 @@ async fn sigterm_answers_every_call_in_flight_and_ends_streams() {
         assert!(start.elapsed() < Duration::from_secs(20), "never ready");
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    (h, wsgi_url, cp_url)
+}
 
-    // An /events stream.
+/// A rest_cherrypy session token (calls with inline credentials would meet
+/// the login throttle).
+async fn token(http: &reqwest::Client, cp_url: &str) -> String {
     let login: serde_json::Value = http
         .post(format!("{cp_url}/login"))
         .json(&json!({"eauth": "auto", "username": "saltdev", "password": "x"}))
@@ -69,10 +75,72 @@ async fn sigterm_answers_every_call_in_flight_and_ends_streams() {
         .json()
         .await
         .expect("a JSON login answer");
-    let token = login["return"][0]["token"]
+    login["return"][0]["token"]
         .as_str()
         .expect("a token")
-        .to_owned();
+        .to_owned()
+}
+
+/// Start `calls` synchronous `test.sleep` calls spread over the three
+/// minions, and wait until every one waits for its job. Each task gives the
+/// status, the minion and the body (or the client's error).
+async fn calls_waiting(
+    http: &reqwest::Client,
+    wsgi_url: &str,
+    token: &str,
+    calls: usize,
+    sleep: u64,
+) -> Vec<tokio::task::JoinHandle<(u16, String, String)>> {
+    let mut tasks = Vec::new();
+    for i in 0..calls {
+        let http = http.clone();
+        let url = wsgi_url.to_owned();
+        let minion = format!("ms-{}", i % 3);
+        let token = token.to_owned();
+        tasks.push(tokio::spawn(async move {
+            let body = json!([{
+                "client": "local", "tgt": minion, "fun": "test.sleep", "arg": [sleep],
+                "timeout": 240, "token": token
+            }]);
+            match http.post(&url).json(&body).send().await {
+                Ok(r) => {
+                    let status = r.status();
+                    let text = r.text().await.unwrap_or_default();
+                    (status.as_u16(), minion, text)
+                }
+                Err(e) => (0, minion, format!("{e:?}")),
+            }
+        }));
+    }
+    let start = Instant::now();
+    loop {
+        let waiting = metric(http, wsgi_url, "halite_job_waiters").await;
+        if waiting >= calls as f64 {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "only {waiting} of {calls} calls waiting"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    tasks
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn sigterm_answers_every_call_in_flight_and_ends_streams() {
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(330))
+        .build()
+        .unwrap();
+    // A grace period no load on the lab's minions outlasts (other tests
+    // running beside this one have made these 4 s calls last 110 s): this
+    // test is about the calls being answered, the next one about the grace
+    // period.
+    let (mut h, wsgi_url, cp_url) = draining_halite(300, &http).await;
+    let token = token(&http, &cp_url).await;
+
+    // An /events stream.
     let events = http
         .get(format!("{cp_url}/events"))
         .header("X-Auth-Token", &token)
@@ -92,43 +160,8 @@ async fn sigterm_answers_every_call_in_flight_and_ends_streams() {
         Ok(seen)
     });
 
-    // 50 synchronous calls, each a few seconds long, with the session's
-    // token (inline credentials would meet the login throttle).
-    let mut calls = Vec::new();
-    for i in 0..CALLS {
-        let http = http.clone();
-        let url = wsgi_url.clone();
-        let minion = format!("ms-{}", i % 3);
-        let token = token.clone();
-        calls.push(tokio::spawn(async move {
-            let body = json!([{
-                "client": "local", "tgt": minion, "fun": "test.sleep", "arg": [4],
-                "timeout": 60, "token": token
-            }]);
-            let resp = http.post(&url).json(&body).send().await;
-            match resp {
-                Ok(r) => {
-                    let status = r.status();
-                    let text = r.text().await.unwrap_or_default();
-                    (status.as_u16(), minion, text)
-                }
-                Err(e) => (0, minion, format!("{e:?}")),
-            }
-        }));
-    }
-    // Every call is waiting for its job when the signal comes.
-    let start = Instant::now();
-    loop {
-        let waiting = metric(&http, &wsgi_url, "halite_job_waiters").await;
-        if waiting >= CALLS as f64 {
-            break;
-        }
-        assert!(
-            start.elapsed() < Duration::from_secs(30),
-            "only {waiting} of {CALLS} calls waiting"
-        );
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
+    // Calls a few seconds long, every one waiting when the signal comes.
+    let calls = calls_waiting(&http, &wsgi_url, &token, CALLS, 4).await;
     h.signal("TERM");
     let signalled = Instant::now();
 
@@ -160,5 +193,49 @@ async fn sigterm_answers_every_call_in_flight_and_ends_streams() {
     assert!(
         seen.contains("event: shutdown\n"),
         "no final event on /events: {seen}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn calls_outlasting_the_grace_period_answer_503_with_their_jid() {
+    const GRACE: u64 = 2;
+    let http = reqwest::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    let (mut h, wsgi_url, cp_url) = draining_halite(GRACE, &http).await;
+    let token = token(&http, &cp_url).await;
+    let calls = calls_waiting(&http, &wsgi_url, &token, 6, 30).await;
+    // Taken before the signal: halite may handle it before `signal` returns.
+    let signalled = Instant::now();
+    h.signal("TERM");
+    let mut wrong = Vec::new();
+    for c in calls {
+        let (status, minion, text) = c.await.unwrap();
+        let names_a_jid = text.contains("jobs.lookup_jid (jid 20");
+        if status != 503 || !text.contains("graceful_shutdown_timeout") || !names_a_jid {
+            wrong.push(format!("{minion}: {status} {text}"));
+        }
+    }
+    let answered = signalled.elapsed();
+    assert!(
+        wrong.is_empty(),
+        "calls cut by the grace period must answer 503 with their jid:\n{}",
+        wrong.join("\n")
+    );
+    assert!(
+        answered >= Duration::from_secs(GRACE),
+        "answered {answered:?} after SIGTERM, before the grace period was over"
+    );
+    let status = h.wait_exit(Duration::from_secs(20));
+    eprintln!(
+        "cut calls answered {answered:?} and halite exited {status} {:?} after SIGTERM",
+        signalled.elapsed()
+    );
+    assert!(status.success(), "exit status {status}; log:\n{}", h.log());
+    assert!(
+        h.log().contains("graceful_shutdown_timeout is over"),
+        "the cut is not logged:\n{}",
+        h.log()
     );
 }

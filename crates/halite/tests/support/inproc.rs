@@ -12,7 +12,7 @@ use axum::extract::ConnectInfo;
 use axum::http::{header, HeaderMap, Request, StatusCode};
 use axum::Router;
 use halite::settings::{self, Overrides};
-use halite::{router, AppState, Limits, SurfaceKind};
+use halite::{router, AppState, Limits, Shutdown, SurfaceKind};
 use http_body_util::BodyExt;
 use salt_client::config::MasterConfig;
 use salt_client::master::Master;
@@ -30,6 +30,8 @@ pub struct Inproc {
     pub master: Master,
     pub wsgi: Router,
     pub cherrypy: Router,
+    /// Both surfaces' stop signal, as `serve` would give it on SIGTERM.
+    pub shutdown: Shutdown,
     /// The client address of this harness's requests: one loopback address
     /// per harness, so that tests running in parallel in one process do not
     /// share the process-wide eauth throttle's per-address counts.
@@ -113,13 +115,15 @@ impl Inproc {
             .expect("the bus connects to the fake");
         let mut wsgi = None;
         let mut cherrypy = None;
+        let shutdown = Shutdown::default();
         for s in &surfaces {
             let state = AppState::new(
                 master.clone(),
                 Limits {
                     max_body: s.max_body,
                 },
-            );
+            )
+            .with_shutdown(shutdown.clone());
             match s.kind {
                 SurfaceKind::Wsgi => wsgi = Some(router(s, state)),
                 SurfaceKind::Cherrypy => cherrypy = Some(router(s, state)),
@@ -130,6 +134,7 @@ impl Inproc {
             master,
             wsgi: wsgi.expect("a rest_wsgi surface"),
             cherrypy: cherrypy.expect("a rest_cherrypy surface"),
+            shutdown,
             peer: next_peer(),
         }
     }
