@@ -113,6 +113,7 @@ defaults
   timeout client 5m
   timeout server 5m
   timeout http-request 30s
+  timeout check 2s
   retries 2
   option redispatch
 frontend stats
@@ -131,7 +132,7 @@ backend halite-$name
   option httpchk GET /health/ready
   http-check expect status 200
   http-response set-header X-Halite-Backend %s
-$(for ((i = 0; i < CLUSTER_N; i++)); do echo "  server h$i $(cl_addr "$i"):$port check inter 1s fall 1 rise 2"; done)
+$(for ((i = 0; i < CLUSTER_N; i++)); do echo "  server h$i $(cl_addr "$i"):$port check inter 500ms fall 2 rise 2"; done)
 EOF
   done
 }
