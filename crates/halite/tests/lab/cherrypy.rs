@@ -297,6 +297,42 @@ async fn logout_revokes_the_token() {
     assert_error(s, &v, 405);
 }
 
+/// A halite that cannot reach the master's token store on disk (another
+/// host, or a cache driver such as redis) still revokes the token on
+/// `/logout`, through the master, and everywhere: here its `cachedir` (and
+/// so `token_dir`, which Salt derives from it) is an empty directory of its
+/// own, and another halite refuses the token afterwards.
+#[tokio::test(flavor = "multi_thread")]
+async fn logout_revokes_through_the_master_when_the_tokens_are_not_on_disk() {
+    let elsewhere = temp_dir("tokens-elsewhere");
+    let remote = HaliteBuilder::new(&lab())
+        .surface("rest_cherrypy", json!({"disable_ssl": true}))
+        .set("cachedir", json!(elsewhere))
+        .start_blocking();
+    let local = Halite::cherrypy("");
+    let c = client();
+    let token = login(&c, &local.base, "saltdev").await;
+    let (s, _) = post_json(&c, &remote.url("/"), Some(&token), &echo("x")).await;
+    assert_eq!(
+        s, 200,
+        "a token minted through one halite works on the other"
+    );
+    let r = c
+        .post(remote.url("/logout"))
+        .header("X-Auth-Token", &token)
+        .header("Accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let body: Json = r.json().await.unwrap();
+    assert_eq!(body["return"], "Your token has been cleared", "{body}");
+    for h in [&remote, &local] {
+        let (s, v) = post_json(&c, &h.url("/"), Some(&token), &echo("x")).await;
+        assert_error(s, &v, 401);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn token_endpoint() {
     let h = Halite::cherrypy("");
