@@ -120,14 +120,32 @@ fn outcome_label(kind: ErrorKind) -> &'static str {
 /// of a shutdown is over. Its own future is about half of `Netapi::run`'s,
 /// which holds room for the largest of every client's: at 10,000 calls in
 /// flight, ~2 KiB less per call.
-async fn run_local(state: &AppState, chunk: Lowstate) -> Result<Output, salt_client::SaltError> {
+async fn run_local(
+    state: &AppState,
+    mut chunk: Lowstate,
+) -> Result<Output, salt_client::SaltError> {
     let cut = &state.shutdown;
-    let answer = match cut.or_cut(None, state.netapi.start_local(chunk)).await? {
-        Some(gather) => {
-            let jid = gather.jid().to_owned();
-            cut.or_cut(Some(&jid), gather.answer()).await?
-        }
+    let jid = assign_jid(&state.netapi, &mut chunk);
+    let answer = match cut
+        .or_cut(Some(&jid), state.netapi.start_local(chunk))
+        .await?
+    {
+        Some(gather) => cut.or_cut(Some(&jid), gather.answer()).await?,
         None => Json::Object(serde_json::Map::new()),
     };
     Ok(Output::One(answer))
+}
+
+/// The jid of a `local` chunk: the caller's, or a new one halite puts in
+/// the chunk (as Salt's `LocalClient` would make it), so that a call cut
+/// short while its job is being published can still name it.
+pub fn assign_jid(netapi: &salt_client::clients::Netapi, chunk: &mut Lowstate) -> String {
+    match chunk.get("jid") {
+        Some(Json::String(jid)) if !jid.is_empty() => jid.clone(),
+        _ => {
+            let jid = netapi.master().new_jid();
+            chunk.insert("jid".into(), Json::String(jid.clone()));
+            jid
+        }
+    }
 }

@@ -97,8 +97,9 @@ impl Shutdown {
 pub fn cut_error(jid: Option<&str>) -> SaltError {
     SaltError::Unreachable(match jid {
         Some(jid) => format!(
-            "halite is stopping and its graceful_shutdown_timeout ran out while job {jid} \
-             was running; the job goes on: look it up with the runner jobs.lookup_jid (jid {jid})"
+            "halite is stopping and its graceful_shutdown_timeout ran out before job {jid} \
+             finished; what the master and minions do with the job goes on: look it up with the \
+             runner jobs.lookup_jid (jid {jid})"
         ),
         None => "halite is stopping and its graceful_shutdown_timeout ran out before this call \
                  finished; what it started on the master goes on"

@@ -115,7 +115,7 @@ fn single_local(chunks: &mut Vec<Lowstate>) -> Option<Lowstate> {
 }
 
 /// Publish `chunk` and answer with its returns as a stream.
-pub async fn answer(app: &AppState, chunk: Lowstate, kind: Kind) -> Result<Response, ApiError> {
+pub async fn answer(app: &AppState, mut chunk: Lowstate, kind: Kind) -> Result<Response, ApiError> {
     if let Some(token) = chunk.get("token") {
         match token.as_str() {
             Some(t) if salt_client::auth::validate_token_text(t).is_ok() => {}
@@ -127,7 +127,10 @@ pub async fn answer(app: &AppState, chunk: Lowstate, kind: Kind) -> Result<Respo
         }
     }
     let shutdown = app.shutdown.clone();
-    let gatherer = shutdown.or_cut(None, app.netapi.start_local(chunk)).await?;
+    let jid = lowstate::assign_jid(&app.netapi, &mut chunk);
+    let gatherer = shutdown
+        .or_cut(Some(&jid), app.netapi.start_local(chunk))
+        .await?;
     let master = app.netapi.master().clone();
     let start = match &gatherer {
         Some(g) => json!({"jid": g.jid(), "minions": g.expected_minions()}),

@@ -300,6 +300,11 @@ struct Tally {
     sent: usize,
     ok: usize,
     unavailable: usize,
+    /// Of the 503s: those naming the jid of a job that was published (a
+    /// synchronous call interrupted by its master's death).
+    unavailable_with_jid: usize,
+    /// Of the 503s: those from h1, whose master stayed up.
+    unavailable_from_h1: usize,
     /// Answered by a halite with Salt's own failure: a 200 whose job failed
     /// inside the master, or a 500 (seen with Salt 3008.5 on the surviving
     /// member while its peer is down: `wheel` jobs fail with an exception
@@ -352,7 +357,17 @@ async fn failover_when_a_master_dies_under_load() {
                             eprintln!("call {chunk}: {} from the balancer: {}", a.status, a.body);
                             t.balancer += 1;
                         }
-                        Ok(a) if a.status == 503 => t.unavailable += 1,
+                        Ok(a) if a.status == 503 => {
+                            t.unavailable += 1;
+                            let text = a.body.to_string();
+                            if text.contains("jobs.lookup_jid (jid 20") {
+                                t.unavailable_with_jid += 1;
+                            }
+                            if a.backend == "h1" {
+                                eprintln!("call {chunk}: 503 from h1: {text}");
+                                t.unavailable_from_h1 += 1;
+                            }
+                        }
                         Ok(a) => {
                             let text = a.body.to_string();
                             eprintln!(
@@ -391,9 +406,17 @@ async fn failover_when_a_master_dies_under_load() {
     }
     let t = std::mem::take(&mut *tally.lock().unwrap());
     eprintln!(
-        "failover: sent {}, succeeded {}, 503 {}, failed inside Salt {}, balancer errors {}, lost {}; \
-         succeeded by halite {:?}",
-        t.sent, t.ok, t.unavailable, t.salt_failed, t.balancer, t.lost, t.by_backend
+        "failover: sent {}, succeeded {}, 503 {} ({} naming a jid, {} from h1), failed inside Salt {}, \
+         balancer errors {}, lost {}; succeeded by halite {:?}",
+        t.sent,
+        t.ok,
+        t.unavailable,
+        t.unavailable_with_jid,
+        t.unavailable_from_h1,
+        t.salt_failed,
+        t.balancer,
+        t.lost,
+        t.by_backend
     );
     assert_eq!(t.lost, 0, "requests without an answer: {t:?}");
     assert_eq!(
