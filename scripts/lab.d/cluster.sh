@@ -1,8 +1,9 @@
 # shellcheck shell=bash
 # The cluster flavour of scripts/lab (LAB_TOPOLOGY=cluster), sourced by scripts/lab after its
 # settings and helpers: two salt-masters in one Salt master cluster, minions behind a TCP
-# HAProxy, one halite per master, and an HTTP HAProxy in front of the halites. Salt 3007+;
-# run with 3008.5 (Raft membership; the workarounds below are for that release).
+# HAProxy, one halite per master, and an HTTP HAProxy in front of the halites. Salt 3007+:
+# scripts/test runs it with 3008.5 (Raft membership; the workarounds below are for that
+# release), and crates/halite/tests/cluster.rs passes on 3007.17 too.
 #
 #   127.0.0.2  master m0 (publish B+5, ret B+6, cluster pool B+7), halite h0 (B+1 wsgi, B+2 cherrypy)
 #   127.0.0.3  master m1 (same ports),                              halite h1 (same ports)
