@@ -26,9 +26,11 @@ const TOP_LEVEL: [&str; 6] = ["username", "password", "eauth", "token", "client"
 /// Keys NetapiClient.runner consumes before `_reformat_low`.
 const CONSUMED: [&str; 5] = ["fun", "arg", "kwarg", "timeout", "full_return"];
 /// How long a runner job may take to announce itself (`salt/run/<jid>/new`)
-/// before halite reports it as not started. Salt 3008 fires no event at all
+/// before halite reports it as not started, when the master's list of
+/// runner functions could not be learnt. Salt 3008 fires no event at all
 /// for an unknown runner function, so without this a caller would wait for
-/// the whole timeout.
+/// the whole timeout. A function the list names is never cut by it: a busy
+/// master may take longer than this to start a real job.
 const START_GUARD: Duration = Duration::from_secs(20);
 
 /// Build the runner load from a lowstate.
@@ -115,22 +117,23 @@ async fn run_sync(master: &Master, load: Json, limit: f64, full_return: bool) ->
     let mut announced = false;
     // The credentials were accepted (the master answered with a jid), so
     // they may be used to learn the function list if the name is new.
-    let check = async {
-        if RunnerFunctions::is_known(master, &load, &fun).await == Some(false) {
-            return;
-        }
-        std::future::pending::<()>().await
-    };
+    // `None` while learning; then whether the master has `fun`, `None`
+    // inside when that could not be learnt.
+    let mut known: Option<Option<bool>> = None;
+    let check = RunnerFunctions::is_known(master, &load, &fun);
     tokio::pin!(check);
     // The master going away (its bus is lost) ends the wait at once: the
     // return would not reach this bus.
     let lost = master.bus().lost();
     tokio::pin!(lost);
     loop {
-        let wake = if announced {
-            deadline
-        } else {
+        // Only a job that has not announced itself, of a function whose
+        // existence could not be learnt, is cut at the guard.
+        let guarded = !announced && known == Some(None);
+        let wake = if guarded {
             deadline.min(guard)
+        } else {
+            deadline
         };
         tokio::select! {
             ev = sub.recv() => match ev {
@@ -149,7 +152,12 @@ async fn run_sync(master: &Master, load: Json, limit: f64, full_return: bool) ->
                 Some(ev) => announced |= ev.tag == new_tag,
                 None => return Err(SaltError::Unreachable("the Salt event bus closed".into())),
             },
-            () = &mut check, if !announced => return Err(not_available(&fun)),
+            has = &mut check, if known.is_none() => {
+                if has == Some(false) && !announced {
+                    return Err(not_available(&fun));
+                }
+                known = Some(has);
+            }
             () = &mut lost => {
                 return Err(SaltError::Unreachable(format!(
                     "the Salt master went away while runner job {jid} was running; look it up \
@@ -157,7 +165,7 @@ async fn run_sync(master: &Master, load: Json, limit: f64, full_return: bool) ->
                 )))
             }
             _ = tokio::time::sleep_until(wake) => {
-                if !announced && wake == guard && guard < deadline {
+                if guarded && wake == guard && guard < deadline {
                     return Err(SaltError::Master(format!(
                         "runner job {jid} for '{fun}' never started; '{fun}' may not be an available runner function"
                     )));
