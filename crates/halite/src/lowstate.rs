@@ -72,7 +72,10 @@ pub async fn run_chunks(state: &AppState, chunks: Vec<Lowstate>) -> Result<Vec<J
         let result = if chunk.get("client").and_then(Json::as_str) == Some("local") {
             Box::pin(run_local(state, chunk)).await
         } else {
-            Box::pin(state.shutdown.or_cut(None, state.netapi.run(chunk))).await
+            state
+                .shutdown
+                .or_cut(None, Box::pin(state.netapi.run(chunk)))
+                .await
         };
         if let Some(attempt) = attempt {
             match &result {
@@ -126,11 +129,9 @@ async fn run_local(
 ) -> Result<Output, salt_client::SaltError> {
     let cut = &state.shutdown;
     let jid = assign_jid(&state.netapi, &mut chunk);
-    let answer = match cut
-        .or_cut(Some(&jid), state.netapi.start_local(chunk))
-        .await?
-    {
-        Some(gather) => cut.or_cut(Some(&jid), gather.answer()).await?,
+    let started = cut.or_cut(Some(&jid), Box::pin(state.netapi.start_local(chunk)));
+    let answer = match started.await? {
+        Some(gather) => cut.or_cut(Some(&jid), Box::pin(gather.answer())).await?,
         None => Json::Object(serde_json::Map::new()),
     };
     Ok(Output::One(answer))

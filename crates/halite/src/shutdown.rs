@@ -63,7 +63,10 @@ impl Shutdown {
     }
 
     /// `call`, unless the cut comes first: then the 503 a call cut short
-    /// answers, naming the job it was waiting for, if any.
+    /// answers, naming the job it was waiting for, if any. Pass a large
+    /// `call` boxed: an async fn's future keeps its arguments beside the
+    /// locals they move into, so an unboxed one would be held twice (with
+    /// 10,000 calls in flight, ~5 KiB more per call).
     pub async fn or_cut<T>(
         &self,
         jid: Option<&str>,

@@ -129,7 +129,7 @@ pub async fn answer(app: &AppState, mut chunk: Lowstate, kind: Kind) -> Result<R
     let shutdown = app.shutdown.clone();
     let jid = lowstate::assign_jid(&app.netapi, &mut chunk);
     let gatherer = shutdown
-        .or_cut(Some(&jid), app.netapi.start_local(chunk))
+        .or_cut(Some(&jid), Box::pin(app.netapi.start_local(chunk)))
         .await?;
     let master = app.netapi.master().clone();
     let start = match &gatherer {
