@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use crate::support::{free_port, lab_config, temp_dir, Halite};
+use crate::support::{alone, free_port, lab_config, temp_dir, Halite};
 use futures_util::StreamExt;
 use serde_json::json;
 
@@ -129,14 +129,15 @@ async fn calls_waiting(
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn sigterm_answers_every_call_in_flight_and_ends_streams() {
+    // 150 minion jobs: the lab is this test's alone.
+    let _alone = alone();
     let http = reqwest::Client::builder()
         .timeout(Duration::from_secs(330))
         .build()
         .unwrap();
-    // A grace period no load on the lab's minions outlasts (other tests
-    // running beside this one have made these 4 s calls last 110 s): this
-    // test is about the calls being answered, the next one about the grace
-    // period.
+    // A grace period no load on the lab's minions outlasts (on a loaded
+    // machine these 4 s calls have lasted 110 s): this test is about the
+    // calls being answered, the next one about the grace period.
     let (mut h, wsgi_url, cp_url) = draining_halite(300, &http).await;
     let token = token(&http, &cp_url).await;
 

@@ -10,28 +10,33 @@ const RSS_SANITY_BOUND_KIB: u64 = 256 * 1024;
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn two_hundred_concurrent_local_calls() {
+    // 200 minion jobs at once: a test beside this one would see its minions
+    // miss Salt's timeout.
+    let _alone = alone();
     let lab = lab();
     let h = HaliteBuilder::wsgi(&lab).start().await;
     let before = h.rss_kib();
     let url = format!("{}/", h.wsgi_url());
-    // One connection per request: 200 requests truly in parallel. The
-    // `timeout` is generous because every minion runs all 200 jobs, one
-    // Python process each, which takes minutes on a loaded machine; LocalClient
-    // returns as soon as every minion answered, so a healthy lab is fast.
-    let body = serde_json::to_vec(&json!([low(
-        &hal("load"),
-        json!({"client": "local", "tgt": "*", "fun": "test.ping", "timeout": 300})
-    )]))
-    .unwrap();
+    // One connection per request: 200 requests truly in parallel, each for
+    // one minion, in turn (every minion runs a third of the jobs, one Python
+    // process each: a lab job per call, not three, is what keeps this test
+    // a test of halite rather than of the minions). The `timeout` is generous
+    // because those jobs take a minute on a loaded machine; LocalClient
+    // returns as soon as the minion answered, so a healthy lab is fast.
     let mut tasks = Vec::with_capacity(CONCURRENT);
-    for _ in 0..CONCURRENT {
+    for i in 0..CONCURRENT {
+        let minion = lab.minions[i % lab.minions.len()].clone();
+        let body = serde_json::to_vec(&json!([low(
+            &hal("load"),
+            json!({"client": "local", "tgt": minion, "fun": "test.ping", "timeout": 300})
+        )]))
+        .unwrap();
         let http = reqwest::Client::builder()
             .pool_max_idle_per_host(0)
             .timeout(std::time::Duration::from_secs(900))
             .build()
             .unwrap();
         let url = url.clone();
-        let body = body.clone();
         tasks.push(tokio::spawn(async move {
             let r = http
                 .post(url)
@@ -40,20 +45,13 @@ async fn two_hundred_concurrent_local_calls() {
                 .send()
                 .await
                 .expect("send");
-            Reply::from(r).await
+            (minion, Reply::from(r).await)
         }));
     }
     let mut failures = Vec::new();
     for (i, t) in tasks.into_iter().enumerate() {
-        let r = t.await.expect("request task");
-        let ok = r.status == 200 && {
-            let ret = r.json()["return"].clone();
-            ret.as_array().is_some_and(|a| a.len() == 1)
-                && lab.minions.iter().all(|m| ret[0][m] == json!(true))
-                && ret[0]
-                    .as_object()
-                    .is_some_and(|o| o.len() == lab.minions.len())
-        };
+        let (minion, r) = t.await.expect("request task");
+        let ok = r.status == 200 && r.json()["return"] == json!([{ minion: true }]);
         if !ok {
             failures.push(format!("#{i}: {} {}", r.status, r.text()));
         }
@@ -61,12 +59,12 @@ async fn two_hundred_concurrent_local_calls() {
     let peak = h.peak_rss_kib();
     let after = h.rss_kib();
     eprintln!(
-        "{CONCURRENT} concurrent local test.ping: halite RSS {before} KiB before, peak (VmHWM) {peak} KiB ({:.1} MiB), {after} KiB after",
+        "{CONCURRENT} concurrent local test.ping, one minion each: halite RSS {before} KiB before, peak (VmHWM) {peak} KiB ({:.1} MiB), {after} KiB after",
         peak as f64 / 1024.0
     );
     assert!(
         failures.is_empty(),
-        "{} of {CONCURRENT} calls did not return all minions true:\n{}",
+        "{} of {CONCURRENT} calls did not return their minion true:\n{}",
         failures.len(),
         failures.join("\n")
     );
