@@ -2,13 +2,18 @@
 //! accounting, the body read timeout, the health routes and rest_cherrypy's
 //! trailing-slash rule.
 
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{ready, Context, Poll};
+use std::time::Instant;
 
 use axum::extract::Request;
-use axum::http::StatusCode;
-use axum::middleware::{self, Next};
+use axum::http::{Method, StatusCode};
 use axum::response::Response;
 use axum::Router;
+use pin_project_lite::pin_project;
+use tower::{Layer, Service};
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
 use crate::metrics::{HttpLabels, Metrics};
@@ -37,9 +42,7 @@ pub fn router(surface: &Surface, state: AppState) -> Router {
         .layer(RequestBodyTimeoutLayer::new(
             surface.connections.body_read_timeout,
         ))
-        .layer(middleware::from_fn(move |req, next| {
-            accounting.clone().account(req, next)
-        }));
+        .layer(accounting);
     // rest_cherrypy accepts `/login/` as `/login` (CherryPy's trailing_slash tool).
     Router::new().fallback_service(tower::Layer::layer(
         &tower_http::normalize_path::NormalizePathLayer::trim_trailing_slash(),
@@ -78,9 +81,9 @@ struct Accounting {
 
 /// Decrements the in-flight gauge when dropped, so a request whose client
 /// went away (its future dropped) is no longer counted.
-struct InFlight<'a>(&'a Metrics);
+struct InFlight(Arc<Metrics>);
 
-impl Drop for InFlight<'_> {
+impl Drop for InFlight {
     fn drop(&mut self) {
         self.0.in_flight.dec();
     }
@@ -106,33 +109,106 @@ impl Accounting {
                 SurfaceKind::Cherrypy => "other",
             })
     }
+}
 
-    async fn account(self, req: Request, next: Next) -> Response {
-        let m = &*self.metrics;
-        m.in_flight.inc();
-        let _guard = InFlight(m);
-        let method = req.method().clone();
-        let path = req.uri().path().to_owned();
-        let endpoint = self.endpoint(&path);
-        // Tokens in paths (`/ws/<token>`) and queries are masked in the log.
-        let shown = crate::logsafe::uri(req.uri());
-        let started = std::time::Instant::now();
-        let resp = next.run(req).await;
-        let elapsed = started.elapsed();
-        let status = resp.status();
-        if status == StatusCode::TOO_MANY_REQUESTS && endpoint == "/login" {
+/// Request accounting as a tower layer: the in-flight gauge, the request
+/// metrics and the access-log line. Not a `from_fn` middleware: that boxes
+/// an async block holding the request beside the inner future; this future
+/// is the inner one plus what the log line needs (~0.9 KiB less for every
+/// call waiting for its job).
+impl<S> Layer<S> for Accounting {
+    type Service = Accounted<S>;
+
+    fn layer(&self, inner: S) -> Accounted<S> {
+        Accounted {
+            inner,
+            accounting: self.clone(),
+        }
+    }
+}
+
+#[derive(Clone)]
+pub struct Accounted<S> {
+    inner: S,
+    accounting: Accounting,
+}
+
+impl<S: Service<Request, Response = Response>> Service<Request> for Accounted<S> {
+    type Response = Response;
+    type Error = S::Error;
+    type Future = AccountedFuture<S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let a = &self.accounting;
+        a.metrics.in_flight.inc();
+        let request = RequestLog {
+            in_flight: InFlight(a.metrics.clone()),
+            surface: a.surface,
+            endpoint: a.endpoint(req.uri().path()),
+            method: req.method().clone(),
+            // Tokens in paths (`/ws/<token>`) and queries are masked in the log.
+            shown: crate::logsafe::uri(req.uri()),
+            started: Instant::now(),
+        };
+        AccountedFuture {
+            inner: self.inner.call(req),
+            request: Some(request),
+        }
+    }
+}
+
+/// What a request's accounting needs once it is answered.
+struct RequestLog {
+    in_flight: InFlight,
+    surface: &'static str,
+    endpoint: &'static str,
+    method: Method,
+    shown: String,
+    started: Instant,
+}
+
+impl RequestLog {
+    fn answered(self, status: StatusCode) {
+        let elapsed = self.started.elapsed();
+        let m = &*self.in_flight.0;
+        if status == StatusCode::TOO_MANY_REQUESTS && self.endpoint == "/login" {
             m.logins_throttled.inc();
         }
         m.observe_request(
             HttpLabels {
                 surface: self.surface,
-                endpoint,
+                endpoint: self.endpoint,
                 status: status_class(status),
             },
             elapsed,
         );
-        tracing::info!(%method, path = %shown, status = status.as_u16(), ms = elapsed.as_millis() as u64, "request");
-        resp
+        tracing::info!(method = %self.method, path = %self.shown, status = status.as_u16(), ms = elapsed.as_millis() as u64, "request");
+    }
+}
+
+pin_project! {
+    /// The future of [`Accounted`].
+    pub struct AccountedFuture<F> {
+        #[pin]
+        inner: F,
+        request: Option<RequestLog>,
+    }
+}
+
+impl<F: Future<Output = Result<Response, E>>, E> Future for AccountedFuture<F> {
+    type Output = Result<Response, E>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.project();
+        let out = ready!(this.inner.poll(cx));
+        if let (Ok(resp), Some(request)) = (&out, this.request.take()) {
+            request.answered(resp.status());
+        }
+        Poll::Ready(out)
     }
 }
 

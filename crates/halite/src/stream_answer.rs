@@ -23,14 +23,18 @@
 //! stream with a `done` line holding `interrupted: true` and an `error`
 //! naming the jid instead of `no_return`.
 
+use std::convert::Infallible;
+use std::task::{Context, Poll};
+
 use axum::body::{Body, Bytes};
-use axum::extract::{Request, State};
+use axum::extract::Request;
 use axum::http::{header, HeaderMap, HeaderValue, Method};
-use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
+use futures_util::future::{BoxFuture, Either};
 use futures_util::stream;
 use salt_client::clients::{Gatherer, Lowstate};
 use serde_json::{json, Map, Value as Json};
+use tower::{Layer, Service};
 
 use crate::error::ApiError;
 use crate::shutdown::cut_error;
@@ -241,40 +245,139 @@ async fn take_chunk(
     }
 }
 
-/// rest_wsgi `POST /`: a JSON list holding one `local` chunk streams.
-pub async fn wsgi(State(state): State<AppState>, req: Request, next: Next) -> Response {
-    let json_body = req
-        .headers()
+/// Streams the answer of a request that asks for it (see the module's
+/// documentation); every other request goes to the inner service untouched.
+///
+/// A tower layer, not a `from_fn` middleware: an ordinary call's future is
+/// the inner one, with nothing around it (`from_fn` boxes an async block
+/// that holds the request and the inner future, ~1.4 KiB for every call
+/// waiting for its job). Only a request that asks for a stream is handled in
+/// a boxed future of its own.
+#[derive(Clone)]
+pub struct StreamAnswerLayer {
+    surface: Surface,
+}
+
+#[derive(Clone)]
+enum Surface {
+    Wsgi(AppState),
+    Cherrypy(crate::cherrypy::CpState),
+}
+
+impl StreamAnswerLayer {
+    /// rest_wsgi `POST /`: a JSON list holding one `local` chunk streams.
+    pub fn wsgi(state: AppState) -> Self {
+        StreamAnswerLayer {
+            surface: Surface::Wsgi(state),
+        }
+    }
+
+    /// rest_cherrypy `POST /run` (inline credentials) and `POST /` (session
+    /// token): one `local` chunk in any accepted body format streams.
+    pub fn cherrypy(state: crate::cherrypy::CpState) -> Self {
+        StreamAnswerLayer {
+            surface: Surface::Cherrypy(state),
+        }
+    }
+}
+
+impl<S> Layer<S> for StreamAnswerLayer {
+    type Service = StreamAnswer<S>;
+
+    fn layer(&self, inner: S) -> StreamAnswer<S> {
+        StreamAnswer {
+            inner,
+            surface: self.surface.clone(),
+        }
+    }
+}
+
+/// The service of [`StreamAnswerLayer`].
+#[derive(Clone)]
+pub struct StreamAnswer<S> {
+    inner: S,
+    surface: Surface,
+}
+
+impl<S> Service<Request> for StreamAnswer<S>
+where
+    S: Service<Request, Response = Response, Error = Infallible> + Clone + Send + 'static,
+    S::Future: Send,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<S::Future, BoxFuture<'static, Result<Response, Infallible>>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let asks = req.method() == Method::POST
+            && Kind::requested(req.headers()).is_some()
+            && match self.surface {
+                Surface::Wsgi(_) => json_body(req.headers()),
+                Surface::Cherrypy(_) => true,
+            };
+        if !asks {
+            return Either::Left(self.inner.call(req));
+        }
+        // The service polled ready goes into the future; a clone takes its
+        // place (tower's way for a service called from a future).
+        let clone = self.inner.clone();
+        let inner = std::mem::replace(&mut self.inner, clone);
+        let surface = self.surface.clone();
+        Either::Right(Box::pin(async move {
+            Ok(match surface {
+                Surface::Wsgi(state) => wsgi(state, req, inner).await,
+                Surface::Cherrypy(state) => cherrypy(state, req, inner).await,
+            })
+        }))
+    }
+}
+
+/// `Content-Type: application/json` (rest_wsgi's only body type).
+fn json_body(headers: &HeaderMap) -> bool {
+    headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.split(';').next())
-        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"));
-    if !json_body {
-        return next.run(req).await;
+        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
+}
+
+/// The inner service's answer to `req`.
+async fn pass<S>(mut inner: S, req: Request) -> Response
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
+    match inner.call(req).await {
+        Ok(resp) => resp,
+        Err(never) => match never {},
     }
+}
+
+async fn wsgi<S>(state: AppState, req: Request, inner: S) -> Response
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
     let parse = |_: &HeaderMap, bytes: &[u8]| {
         let body: Json = serde_json::from_slice(bytes)
             .map_err(|e| ApiError::bad_request(format!("The body is not valid JSON: {e}")))?;
         lowstate::chunks_from_json(body, false)
     };
-    // Both are boxed: this middleware's own future stays small while the
-    // ordinary answer (`next.run`) waits, often for seconds, in every call.
     match Box::pin(take_chunk(req, state.limits.max_body, parse)).await {
         Ok(Ok((chunk, kind, _))) => Box::pin(answer(&state, chunk, kind))
             .await
             .unwrap_or_else(IntoResponse::into_response),
-        Ok(Err(req)) => next.run(req).await,
+        Ok(Err(req)) => pass(inner, req).await,
         Err(e) => e.into_response(),
     }
 }
 
-/// rest_cherrypy `POST /run` (inline credentials) and `POST /` (session
-/// token): one `local` chunk in any accepted body format streams.
-pub async fn cherrypy(
-    State(state): State<crate::cherrypy::CpState>,
-    req: Request,
-    next: Next,
-) -> Response {
+async fn cherrypy<S>(state: crate::cherrypy::CpState, req: Request, inner: S) -> Response
+where
+    S: Service<Request, Response = Response, Error = Infallible>,
+{
     use crate::cherrypy::{format, session};
     let with_session = req.uri().path().trim_end_matches('/').is_empty();
     let parse = |headers: &HeaderMap, bytes: &[u8]| {
@@ -295,7 +398,7 @@ pub async fn cherrypy(
                 Err(e) => e.into_response(),
             }
         }
-        Ok(Err(req)) => next.run(req).await,
+        Ok(Err(req)) => pass(inner, req).await,
         Err(e) => e.into_response(),
     }
 }

@@ -20,12 +20,13 @@ use std::hash::BuildHasher;
 use std::net::IpAddr;
 use std::num::NonZeroUsize;
 use std::sync::{LazyLock, Mutex};
+use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
 use axum::extract::{ConnectInfo, Request};
-use axum::middleware::Next;
-use axum::response::Response;
 use lru::LruCache;
+use tokio::task::futures::TaskLocalFuture;
+use tower::{Layer, Service};
 
 /// Failures (plus attempts in flight) allowed per user at one address
 /// within [`WINDOW`].
@@ -242,19 +243,48 @@ impl Drop for Attempt<'_> {
 }
 
 /// The client address of the request being served (set by
-/// [`remember_peer`]), for code deep in a request that checks credentials.
+/// [`RememberPeerLayer`]), for code deep in a request that checks credentials.
 pub fn peer() -> Option<IpAddr> {
     PEER.try_with(|p| *p).ok().flatten()
 }
 
-/// Middleware: make the client address available to [`peer`] while the
-/// request is handled.
-pub async fn remember_peer(req: Request, next: Next) -> Response {
-    let ip = req
-        .extensions()
-        .get::<ConnectInfo<std::net::SocketAddr>>()
-        .map(|ConnectInfo(a)| a.ip());
-    PEER.scope(ip, next.run(req)).await
+/// Makes the client address available to [`peer`] while the request is
+/// handled. A tower layer rather than a `from_fn` middleware: its future is
+/// the inner one in a task-local scope, not a boxed async block holding the
+/// request beside it (~0.7 KiB more per call waiting for its job).
+#[derive(Debug, Clone, Copy, Default)]
+pub struct RememberPeerLayer;
+
+impl<S> Layer<S> for RememberPeerLayer {
+    type Service = RememberPeer<S>;
+
+    fn layer(&self, inner: S) -> RememberPeer<S> {
+        RememberPeer { inner }
+    }
+}
+
+/// The service of [`RememberPeerLayer`].
+#[derive(Debug, Clone)]
+pub struct RememberPeer<S> {
+    inner: S,
+}
+
+impl<S: Service<Request>> Service<Request> for RememberPeer<S> {
+    type Response = S::Response;
+    type Error = S::Error;
+    type Future = TaskLocalFuture<Option<IpAddr>, S::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), S::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request) -> Self::Future {
+        let ip = req
+            .extensions()
+            .get::<ConnectInfo<std::net::SocketAddr>>()
+            .map(|ConnectInfo(a)| a.ip());
+        PEER.scope(ip, self.inner.call(req))
+    }
 }
 
 #[cfg(test)]

@@ -18,12 +18,11 @@ use crate::state::AppState;
 
 /// The router of the rest_wsgi surface.
 pub fn router(state: AppState) -> Router {
-    let streamed = axum::middleware::from_fn_with_state(state.clone(), crate::stream_answer::wsgi);
     Router::new()
         .fallback(handle)
-        .layer(streamed)
+        .layer(crate::stream_answer::StreamAnswerLayer::wsgi(state.clone()))
         .with_state(state)
-        .layer(axum::middleware::from_fn(crate::throttle::remember_peer))
+        .layer(crate::throttle::RememberPeerLayer)
 }
 
 async fn handle(State(state): State<AppState>, req: Request<Body>) -> Result<Response, ApiError> {

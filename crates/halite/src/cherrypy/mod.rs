@@ -44,7 +44,7 @@ pub fn router(app: AppState, opts: CherrypyOptions) -> Router {
         app: app.clone(),
         opts: opts.clone(),
     };
-    let streamed = middleware::from_fn_with_state(state.clone(), crate::stream_answer::cherrypy);
+    let streamed = crate::stream_answer::StreamAnswerLayer::cherrypy(state.clone());
     let mut r = Router::new()
         .route(
             "/",
@@ -111,7 +111,7 @@ pub fn router(app: AppState, opts: CherrypyOptions) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), html_override))
         .layer(middleware::from_fn(cookie_needs_proof))
         .layer(middleware::from_fn_with_state(state.clone(), cors))
-        .layer(middleware::from_fn(crate::throttle::remember_peer))
+        .layer(crate::throttle::RememberPeerLayer)
         .layer(tower_http::compression::CompressionLayer::new().gzip(true));
     if opts.root_prefix.is_empty() {
         r

@@ -3,6 +3,7 @@
 //! running with `saltutil.find_job` (docs/PROTOCOL.md §5.2, §5.3).
 
 use std::collections::HashSet;
+use std::future::Future;
 use std::time::Duration;
 
 use rmpv::Value as Mp;
@@ -458,7 +459,9 @@ impl Gatherer {
                         self.done = true;
                         return None;
                     }
-                    match self.start_probe(&pending).await {
+                    // Boxed: probing is rare, and inline its future would
+                    // be most of every waiting call's `next` future.
+                    match Box::pin(self.start_probe(&pending)).await {
                         Some(probe) => self.probe = Some(probe),
                         None => {
                             self.done = true;
@@ -474,23 +477,29 @@ impl Gatherer {
     /// returns in arrival order, then the minions that did not return. A
     /// master that went away mid-call is an `Unreachable` error naming the
     /// jid, never a partial answer.
-    pub async fn answer(mut self) -> Result<Json> {
-        let mut out = Map::new();
-        while let Some((id, ev)) = self.next().await {
-            out.insert(id, self.job.shape(ev.data(), &self.jid));
+    ///
+    /// Not an `async fn`: its future would hold the gatherer twice (the
+    /// argument, and the local it moves into), the async block holds it once.
+    #[allow(clippy::manual_async_fn)] // on purpose: see above
+    pub fn answer(mut self) -> impl Future<Output = Result<Json>> + Send {
+        async move {
+            let mut out = Map::new();
+            while let Some((id, ev)) = self.next().await {
+                out.insert(id, self.job.shape(ev.data(), &self.jid));
+            }
+            if self.interrupted {
+                return Err(self.interrupted_error());
+            }
+            let job = self.job.clone();
+            let master = self.master.clone();
+            let jid = self.jid.clone();
+            let outcome = self.finish();
+            for id in outcome.no_return {
+                let missing = outcome.missing.contains(&id);
+                out.insert(id, job.no_return_value(&master, &jid, missing));
+            }
+            Ok(Json::Object(out))
         }
-        if self.interrupted {
-            return Err(self.interrupted_error());
-        }
-        let job = self.job.clone();
-        let master = self.master.clone();
-        let jid = self.jid.clone();
-        let outcome = self.finish();
-        for id in outcome.no_return {
-            let missing = outcome.missing.contains(&id);
-            out.insert(id, job.no_return_value(&master, &jid, missing));
-        }
-        Ok(Json::Object(out))
     }
 
     /// What the gathering ended with: who never returned, who is missing.
