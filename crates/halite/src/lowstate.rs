@@ -69,13 +69,13 @@ pub async fn run_chunks(state: &AppState, chunks: Vec<Lowstate>) -> Result<Vec<J
         };
         let client = client_label(&chunk);
         let started = std::time::Instant::now();
+        // Both boxed: this future, which every waiting call holds, keeps a
+        // pointer instead of room for the larger of the two.
         let result = if chunk.get("client").and_then(Json::as_str) == Some("local") {
             Box::pin(run_local(state, chunk)).await
         } else {
-            state
-                .shutdown
-                .or_cut(None, Box::pin(state.netapi.run(chunk)))
-                .await
+            let call = Box::pin(state.netapi.run(chunk));
+            Box::pin(state.shutdown.or_cut(None, call)).await
         };
         if let Some(attempt) = attempt {
             match &result {

@@ -19,6 +19,7 @@ use tower_http::timeout::RequestBodyTimeoutLayer;
 use crate::metrics::{HttpLabels, Metrics};
 use crate::settings::{Surface, SurfaceKind};
 use crate::state::AppState;
+use crate::throttle::RememberPeerLayer;
 use crate::{cherrypy, health, wsgi};
 
 /// The complete `Router` of one surface, as `serve` runs it: usable without
@@ -37,12 +38,18 @@ pub fn router(surface: &Surface, state: AppState) -> Router {
         root_prefix: Arc::from(surface.cherrypy.root_prefix.as_str()),
         kind: surface.kind,
     };
-    let app = app
-        // A body that stops arriving fails its read (408 from `read_body`).
-        .layer(RequestBodyTimeoutLayer::new(
-            surface.connections.body_read_timeout,
-        ))
-        .layer(accounting);
+    // One stack, one `layer` call: axum boxes each route's future once per
+    // `Router::layer`, and every call waiting for its job holds those boxes.
+    let app = app.layer(
+        tower::ServiceBuilder::new()
+            .layer(accounting)
+            // A body that stops arriving fails its read (408 from `read_body`).
+            .layer(RequestBodyTimeoutLayer::new(
+                surface.connections.body_read_timeout,
+            ))
+            // The client address, for the credential throttle.
+            .layer(RememberPeerLayer),
+    );
     // rest_cherrypy accepts `/login/` as `/login` (CherryPy's trailing_slash tool).
     Router::new().fallback_service(tower::Layer::layer(
         &tower_http::normalize_path::NormalizePathLayer::trim_trailing_slash(),

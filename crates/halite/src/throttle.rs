@@ -269,7 +269,7 @@ pub struct RememberPeer<S> {
     inner: S,
 }
 
-impl<S: Service<Request>> Service<Request> for RememberPeer<S> {
+impl<S: Service<Request<B>>, B> Service<Request<B>> for RememberPeer<S> {
     type Response = S::Response;
     type Error = S::Error;
     type Future = TaskLocalFuture<Option<IpAddr>, S::Future>;
@@ -278,7 +278,7 @@ impl<S: Service<Request>> Service<Request> for RememberPeer<S> {
         self.inner.poll_ready(cx)
     }
 
-    fn call(&mut self, req: Request) -> Self::Future {
+    fn call(&mut self, req: Request<B>) -> Self::Future {
         let ip = req
             .extensions()
             .get::<ConnectInfo<std::net::SocketAddr>>()

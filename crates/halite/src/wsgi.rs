@@ -3,12 +3,16 @@
 //! looked at: every path behaves as `/`. Every reply, errors included, is
 //! `{"return": ...}`.
 
+use std::future::Future;
+
 use axum::body::{Body, Bytes};
 use axum::extract::{Request, State};
-use axum::http::{header, Method, StatusCode};
+use axum::handler::Handler;
+use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::Response;
 use axum::Router;
 use serde_json::json;
+use tower::Layer;
 
 use crate::body::read_body;
 use crate::error::ApiError;
@@ -18,42 +22,60 @@ use crate::state::AppState;
 
 /// The router of the rest_wsgi surface.
 pub fn router(state: AppState) -> Router {
-    Router::new()
-        .fallback(handle)
-        .layer(crate::stream_answer::StreamAnswerLayer::wsgi(state.clone()))
-        .with_state(state)
-        .layer(crate::throttle::RememberPeerLayer)
+    // The streamed-answer layer wraps the handler's service directly: one
+    // route (one boxed future per call) rather than a route and a layer.
+    let streamed = crate::stream_answer::StreamAnswerLayer::wsgi(state.clone());
+    Router::new().fallback_service(streamed.layer(handle.with_state(state)))
 }
 
-async fn handle(State(state): State<AppState>, req: Request<Body>) -> Result<Response, ApiError> {
-    match *req.method() {
-        Method::GET | Method::HEAD => Ok(json_response(
+/// `POST /` runs the lowstates; `GET` and `HEAD` greet.
+///
+/// Not an `async fn`: the method and the content type are checked here,
+/// and the future that waits for the call holds the state and the body
+/// only, not the request (an `async fn` would keep the request twice, as
+/// its argument and as the local it moves into, while the call waits).
+fn handle(
+    State(state): State<AppState>,
+    req: Request<Body>,
+) -> impl Future<Output = Result<Response, ApiError>> {
+    let checked = match *req.method() {
+        Method::GET | Method::HEAD => Err(Ok(json_response(
             StatusCode::OK,
             &json!({"return": "Welcome to halite, a REST API for Salt (rest_wsgi surface). POST a JSON list of lowstate objects to /."}),
-        )),
-        Method::POST => {
-            let content_type = req
-                .headers()
-                .get(header::CONTENT_TYPE)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("");
-            let mime = content_type.split(';').next().unwrap_or("").trim();
-            if !mime.eq_ignore_ascii_case("application/json") {
-                return Err(ApiError::not_acceptable(format!(
-                    "Content-Type must be application/json, not '{}'",
-                    if mime.is_empty() { "(none)" } else { mime }
-                )));
-            }
-            // The request (its headers and body are slices of the
-            // connection's read buffer) is gone before the call waits.
-            let body: Bytes = read_body(req.into_body(), state.limits.max_body).await?;
-            let parsed: serde_json::Value = serde_json::from_slice(&body)
-                .map_err(|e| ApiError::bad_request(format!("The body is not valid JSON: {e}")))?;
-            drop(body);
-            let chunks = lowstate::chunks_from_json(parsed, false)?;
-            let ret = lowstate::run_chunks(&state, chunks).await?;
-            Ok(json_response(StatusCode::OK, &json!({"return": ret})))
+        ))),
+        Method::POST => json_content_type(req.headers()).map_err(Err),
+        _ => Err(Err(ApiError::method_not_allowed())),
+    };
+    // The request's headers (slices of the connection's read buffer) are
+    // gone before the call waits.
+    let body = req.into_body();
+    async move {
+        if let Err(answer) = checked {
+            return answer;
         }
-        _ => Err(ApiError::method_not_allowed()),
+        let bytes: Bytes = read_body(body, state.limits.max_body).await?;
+        let parsed: serde_json::Value = serde_json::from_slice(&bytes)
+            .map_err(|e| ApiError::bad_request(format!("The body is not valid JSON: {e}")))?;
+        drop(bytes);
+        let chunks = lowstate::chunks_from_json(parsed, false)?;
+        let ret = lowstate::run_chunks(&state, chunks).await?;
+        Ok(json_response(StatusCode::OK, &json!({"return": ret})))
+    }
+}
+
+/// rest_wsgi reads JSON bodies only: anything else is 406.
+fn json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim();
+    if mime.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(ApiError::not_acceptable(format!(
+            "Content-Type must be application/json, not '{}'",
+            if mime.is_empty() { "(none)" } else { mime }
+        )))
     }
 }

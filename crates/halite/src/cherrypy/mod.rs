@@ -111,7 +111,6 @@ pub fn router(app: AppState, opts: CherrypyOptions) -> Router {
         .layer(middleware::from_fn_with_state(state.clone(), html_override))
         .layer(middleware::from_fn(cookie_needs_proof))
         .layer(middleware::from_fn_with_state(state.clone(), cors))
-        .layer(crate::throttle::RememberPeerLayer)
         .layer(tower_http::compression::CompressionLayer::new().gzip(true));
     if opts.root_prefix.is_empty() {
         r
