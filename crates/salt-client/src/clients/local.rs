@@ -6,6 +6,7 @@ use std::collections::HashSet;
 use std::future::Future;
 use std::time::Duration;
 
+use futures_util::future::Either;
 use rmpv::Value as Mp;
 use serde_json::{json, Map, Value as Json};
 use tokio::time::Instant;
@@ -150,24 +151,26 @@ impl LocalJob {
     /// minion matched the target. The jid is the caller's or one halite
     /// makes, so the waiter is registered before the publish can create any
     /// event.
-    pub async fn start(&self, master: &Master, jid: Option<String>) -> Result<Option<Gatherer>> {
-        master.wait_ready(Duration::from_secs(5)).await?;
-        let jid = jid.unwrap_or_else(|| master.new_jid());
-        let sub = master.bus().subscribe_jid(&jid);
-        let reply = self.publish(master, &jid).await?;
-        if reply.minions.is_empty() && reply.missing.is_empty() {
-            return Ok(None);
+    #[allow(clippy::manual_async_fn)] // on purpose: see above
+    pub fn start(
+        self,
+        master: &Master,
+        jid: Option<String>,
+    ) -> impl Future<Output = Result<Option<Gatherer>>> + Send + '_ {
+        async move {
+            master.wait_ready(Duration::from_secs(5)).await?;
+            let jid = jid.unwrap_or_else(|| master.new_jid());
+            let sub = master.bus().subscribe_jid(&jid);
+            let reply = self.publish(master, &jid).await?;
+            if reply.minions.is_empty() && reply.missing.is_empty() {
+                return Ok(None);
+            }
+            Ok(Some(Gatherer::new(self, master.clone(), sub, &reply)))
         }
-        Ok(Some(Gatherer::new(
-            self.clone(),
-            master.clone(),
-            sub,
-            &reply,
-        )))
     }
 
     /// Publish and wait for every return: `LocalClient.cmd`.
-    pub async fn cmd(&self, master: &Master, jid: Option<String>) -> Result<Json> {
+    pub async fn cmd(self, master: &Master, jid: Option<String>) -> Result<Json> {
         match self.start(master, jid).await? {
             Some(gather) => gather.answer().await,
             None => Ok(Json::Object(Map::new())),
@@ -677,25 +680,37 @@ pub async fn publish(
     })
 }
 
-/// `local`: `LocalClient.cmd`.
-pub async fn local(master: &Master, low: Low) -> Result<Json> {
-    let job = LocalJob::from_low(master, &low, &[])?;
+/// The job of a `local` lowstate and the caller's jid, if any.
+fn local_job(master: &Master, low: &Low) -> Result<(LocalJob, Option<String>)> {
+    let job = LocalJob::from_low(master, low, &[])?;
     let jid = match &low.jid {
         Some(Json::String(s)) if !s.is_empty() => Some(s.clone()),
         _ => None,
     };
+    Ok((job, jid))
+}
+
+/// `local`: `LocalClient.cmd`.
+pub async fn local(master: &Master, low: Low) -> Result<Json> {
+    let (job, jid) = local_job(master, &low)?;
+    drop(low);
     job.cmd(master, jid).await
 }
 
 /// `local`, started: the job is published and its returns can be gathered
 /// one at a time.
-pub async fn start_local(master: &Master, low: Low) -> Result<Option<Gatherer>> {
-    let job = LocalJob::from_low(master, &low, &[])?;
-    let jid = match &low.jid {
-        Some(Json::String(s)) if !s.is_empty() => Some(s.clone()),
-        _ => None,
-    };
-    job.start(master, jid).await
+///
+/// Not an `async fn`: the lowstate (over 1 KiB) is read into the job here,
+/// and the future that publishes holds the job only; an `async fn` would
+/// hold the lowstate twice while the master answers, for every call.
+pub fn start_local(
+    master: &Master,
+    low: Low,
+) -> impl Future<Output = Result<Option<Gatherer>>> + Send + '_ {
+    match local_job(master, &low) {
+        Ok((job, jid)) => Either::Left(job.start(master, jid)),
+        Err(e) => Either::Right(std::future::ready(Err(e))),
+    }
 }
 
 /// `local_async`: `LocalClient.run_job` — publish and return `{jid, minions}`.

@@ -13,6 +13,9 @@ mod runner;
 mod subset;
 mod wheel;
 
+use std::future::Future;
+
+use futures_util::future::Either;
 use serde_json::{Map, Value as Json};
 
 use crate::error::{Result, SaltError};
@@ -145,14 +148,20 @@ impl Netapi {
     /// and hand back its returns one at a time instead of one answer, for
     /// callers that stream them. `None` when no minion matched the target.
     /// Any other client is an invocation error.
-    pub async fn start_local(&self, low: impl Into<Low>) -> Result<Option<Gatherer>> {
+    ///
+    /// Not an `async fn`, for the reason [`local::start_local`] gives: the
+    /// checks run here and the lowstate is gone before the job is published.
+    pub fn start_local(
+        &self,
+        low: impl Into<Low>,
+    ) -> impl Future<Output = Result<Option<Gatherer>>> + Send + '_ {
         let low = low.into();
-        if self.precheck(&low)? != Client::Local {
-            return Err(SaltError::Invocation(
-                "only the 'local' client can stream its returns".into(),
-            ));
-        }
-        local::start_local(&self.master, low).await
+        let refused = match self.precheck(&low) {
+            Ok(Client::Local) => return Either::Left(local::start_local(&self.master, low)),
+            Ok(_) => SaltError::Invocation("only the 'local' client can stream its returns".into()),
+            Err(e) => e,
+        };
+        Either::Right(std::future::ready(Err(refused)))
     }
 
     /// NetapiClient's checks, in its order; the client.
