@@ -6,21 +6,74 @@ use super::*;
 
 pub(super) struct Waiter {
     pub(super) id: u64,
-    pub(super) tx: mpsc::UnboundedSender<Arc<Event>>,
-    pub(super) queue: Arc<QueueUse>,
+    pub(super) inbox: Arc<Inbox>,
 }
 
-/// What a jid waiter has queued and not yet received; the bounds are
-/// enforced here because the channel itself is unbounded.
+impl Drop for Waiter {
+    /// The bus no longer delivers to this waiter: its subscription's `recv`
+    /// ends once the inbox is empty.
+    fn drop(&mut self) {
+        self.inbox.closed.store(true, Ordering::Release);
+        self.inbox.arrived.notify_one();
+    }
+}
+
+/// A jid waiter's queue: the events dispatched to it and not yet received,
+/// within its bounds.
+///
+/// A queue and a `Notify` rather than a tokio `mpsc` channel: every
+/// synchronous call waiting for its job has one, and a channel allocates
+/// ~780 bytes up front (its first block of 32 slots and cache-padded
+/// counters) where this takes ~150, and a few pointers once returns arrive.
 #[derive(Default)]
-pub(super) struct QueueUse {
+pub(super) struct Inbox {
+    events: Mutex<VecDeque<Arc<Event>>>,
+    arrived: tokio::sync::Notify,
+    /// The waiter is gone from the bus (unregistered, or the bus dropped).
+    closed: AtomicBool,
     pub(super) others: AtomicUsize,
     pub(super) return_bytes: AtomicUsize,
     pub(super) lost: AtomicBool,
     pub(super) lost_returns: AtomicBool,
 }
 
-impl QueueUse {
+impl Inbox {
+    /// Queue `event` for the waiter, if it fits its bounds.
+    pub(super) fn deliver(&self, event: &Arc<Event>) {
+        if self.admit(event) {
+            self.events
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push_back(event.clone());
+            self.arrived.notify_one();
+        }
+    }
+
+    /// The next queued event; `None` once the waiter is gone from the bus
+    /// and nothing is left.
+    async fn next(&self) -> Option<Arc<Event>> {
+        loop {
+            // `closed` is read before the queue: an event delivered before
+            // the waiter was dropped is still received.
+            let closed = self.closed.load(Ordering::Acquire);
+            let event = self
+                .events
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .pop_front();
+            match event {
+                Some(ev) => {
+                    self.release(&ev);
+                    return Some(ev);
+                }
+                None if closed => return None,
+                // A delivery between the check and here left a permit:
+                // `notified` returns at once.
+                None => self.arrived.notified().await,
+            }
+        }
+    }
+
     /// What `event` is charged against the bounds: (others, return bytes).
     pub(super) fn cost(event: &Event) -> (usize, usize) {
         if is_return_tag(&event.tag) {
@@ -103,19 +156,16 @@ pub(super) struct Shared {
 
 /// The events of one jid, in arrival order. Dropping it unregisters.
 pub struct JidSubscription {
-    pub(super) rx: mpsc::UnboundedReceiver<Arc<Event>>,
     pub(super) id: u64,
     pub(super) jid: String,
-    pub(super) queue: Arc<QueueUse>,
+    pub(super) queue: Arc<Inbox>,
     pub(super) shared: Arc<Shared>,
 }
 
 impl JidSubscription {
     /// The next event, or `None` when the bus handle is gone.
     pub async fn recv(&mut self) -> Option<Arc<Event>> {
-        let ev = self.rx.recv().await?;
-        self.queue.release(&ev);
-        Some(ev)
+        self.queue.next().await
     }
 
     /// Whether any event for this jid was dropped because the queue was full.
@@ -153,21 +203,9 @@ pub(super) fn dispatch(shared: &Shared, event: Event) {
     if let Some(jid) = event.jid() {
         let cache = event.tag.starts_with("salt/run/") || event.tag.starts_with("salt/wheel/");
         let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(list) = state.by_jid.get_mut(jid) {
-            list.retain(|w| {
-                if w.tx.is_closed() {
-                    return false;
-                }
-                if w.queue.admit(&event) {
-                    // A receiver dropped since the check is unregistered by
-                    // its own `Drop`.
-                    let _ = w.tx.send(event.clone());
-                }
-                true
-            });
-            if list.is_empty() {
-                state.by_jid.remove(jid);
-            }
+        // A subscription unregisters (and empties its list) in its own `Drop`.
+        for w in state.by_jid.get(jid).into_iter().flatten() {
+            w.inbox.deliver(&event);
         }
         if cache && event.raw_len() < RECENT_BYTES / 4 {
             state.recent_bytes += event.raw_len();

@@ -27,7 +27,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use rmpv::Value as Mp;
 use serde_json::Value as Json;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
-use tokio::sync::{broadcast, mpsc, watch};
+use tokio::sync::{broadcast, watch};
 
 use crate::config::{IpcMode, MasterConfig};
 use crate::error::{Result, SaltError};
@@ -227,14 +227,11 @@ impl EventBus {
     /// that creates them. Recent runner/wheel events of that jid that arrived
     /// before registration are delivered first.
     pub fn subscribe_jid(&self, jid: &str) -> JidSubscription {
-        let (tx, rx) = mpsc::unbounded_channel();
         let id = self.shared.next_id.fetch_add(1, Ordering::Relaxed);
-        let queue = Arc::new(QueueUse::default());
+        let queue = Arc::new(Inbox::default());
         let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
         for ev in state.recent_by_jid.get(jid).into_iter().flatten() {
-            if queue.admit(ev) {
-                let _ = tx.send(ev.clone());
-            }
+            queue.deliver(ev);
         }
         state
             .by_jid
@@ -242,12 +239,10 @@ impl EventBus {
             .or_default()
             .push(Waiter {
                 id,
-                tx,
-                queue: queue.clone(),
+                inbox: queue.clone(),
             });
         drop(state);
         JidSubscription {
-            rx,
             id,
             jid: jid.to_owned(),
             queue,

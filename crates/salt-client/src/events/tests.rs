@@ -127,6 +127,40 @@ async fn a_full_waiter_loses_other_events_but_never_a_return() {
 }
 
 #[tokio::test]
+async fn a_waiting_receiver_is_woken_and_a_cancelled_one_loses_nothing() {
+    let bus = EventBus::start_at(
+        Endpoint::Unix("/nonexistent/pub".into()),
+        Endpoint::Unix("/nonexistent/pull".into()),
+    );
+    let jid = "20260101000000000002";
+    let data = Bytes::from(value::encode(&value::from_json(&json!({"return": true}))));
+    let mut w = bus.subscribe_jid(jid);
+    // A receive cancelled while it waits (as `select!` cancels it) ...
+    assert!(tokio::time::timeout(Duration::from_millis(20), w.recv())
+        .await
+        .is_err());
+    // ... then an event, and a receiver already waiting when it comes.
+    let waiting = tokio::spawn(async move {
+        let first = w.recv().await.map(|e| e.tag.clone());
+        let second = w.recv().await.map(|e| e.tag.clone());
+        (first, second)
+    });
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    for m in ["m-0", "m-1"] {
+        dispatch(
+            &bus.shared,
+            Event::new(format!("salt/job/{jid}/ret/{m}"), data.clone()),
+        );
+    }
+    let (first, second) = tokio::time::timeout(Duration::from_secs(5), waiting)
+        .await
+        .expect("the waiting receiver was woken")
+        .expect("no panic");
+    assert_eq!(first.as_deref(), Some(&*format!("salt/job/{jid}/ret/m-0")));
+    assert_eq!(second.as_deref(), Some(&*format!("salt/job/{jid}/ret/m-1")));
+}
+
+#[tokio::test]
 async fn returns_are_bounded_by_bytes() {
     let bus = EventBus::start_at(
         Endpoint::Unix("/nonexistent/pub".into()),
