@@ -316,7 +316,8 @@ where
         let asks = req.method() == Method::POST
             && Kind::requested(req.headers()).is_some()
             && match self.surface {
-                Surface::Wsgi(_) => json_body(req.headers()),
+                // rest_wsgi's only body type; anything else gets its 406.
+                Surface::Wsgi(_) => crate::wsgi::json_content_type(req.headers()).is_ok(),
                 Surface::Cherrypy(_) => true,
             };
         if !asks {
@@ -334,15 +335,6 @@ where
             })
         }))
     }
-}
-
-/// `Content-Type: application/json` (rest_wsgi's only body type).
-fn json_body(headers: &HeaderMap) -> bool {
-    headers
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(';').next())
-        .is_some_and(|m| m.trim().eq_ignore_ascii_case("application/json"))
 }
 
 /// The inner service's answer to `req`.

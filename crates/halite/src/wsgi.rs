@@ -64,7 +64,7 @@ fn handle(
 }
 
 /// rest_wsgi reads JSON bodies only: anything else is 406.
-fn json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
+pub(crate) fn json_content_type(headers: &HeaderMap) -> Result<(), ApiError> {
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
