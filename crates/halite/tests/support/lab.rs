@@ -79,9 +79,10 @@ pub fn lab() -> Lab {
 /// that flood them (hundreds of jobs, one Python process each). On 2 CPUs a
 /// flood made the `test.ping` of a test running beside it go unanswered
 /// within Salt's timeout; so a flooding test takes the lab [`alone`], and
-/// every other test, through [`lab`], shares it. So does a test that
-/// accepts a minion key for a while: every `*` job beside it would wait
-/// for that minion.
+/// every other test, through [`lab`], shares it. So does a test that holds
+/// the master's workers with failing PAM logins, and one that accepts a
+/// minion key for a while: every `*` job beside it would wait for that
+/// minion.
 ///
 /// A sharing test holds its share until its thread ends (libtest runs each
 /// test on a thread of its own): a thread-local records it, and its
