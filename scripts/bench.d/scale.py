@@ -232,6 +232,7 @@ def inflight_runs(a, port, wsgi, cp):
             henv.update(a.halite_env)
             h = subprocess.Popen([*a.halite_wrap, f"{a.bin_dir}/halite", "--config", cfg], stdout=subprocess.DEVNULL,
                                  stderr=open(f"{a.workdir}/halite-scale.log", "ab"), env=henv)
+            hpid = None
             try:
                 wait_port(wsgi)
                 time.sleep(0.5 if not a.halite_wrap else 5)
@@ -252,6 +253,11 @@ def inflight_runs(a, port, wsgi, cp):
                 log(f"inflight: {row}")
                 out.append(row)
             finally:
+                # Under a wrapper (heaptrack) halite is its child: stopping
+                # the wrapper alone left halite serving on the port, and the
+                # next row measured it instead of its own halite.
+                if hpid and hpid != h.pid:
+                    os.kill(hpid, signal.SIGTERM)
                 stop(h)
     finally:
         stop(nm)
