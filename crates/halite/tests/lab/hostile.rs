@@ -106,6 +106,14 @@ async fn open_ws(
     ws.send(Message::Text("websocket client ready".into()))
         .await
         .expect("ready");
+    // Events reach the socket only once the server has read "ready" (as
+    // salt-api's); its acknowledgement says it has. Without this wait a
+    // busy machine let the events of the test's first job pass by first.
+    let ack = ws_collect(&mut ws, Duration::from_secs(20), |t| {
+        t.contains("server received message")
+    })
+    .await;
+    assert!(ack.contains("server received message"), "no ack: {ack:?}");
     ws
 }
 
@@ -591,12 +599,8 @@ async fn every_eauth_path_is_throttled() {
 async fn websocket_inbound_messages_are_small() {
     let h = Halite::start_cherrypy("ws-limit", &[]);
     let token = login(&client(), &h.base, "saltdev").await;
+    // open_ws waits for the acknowledgement of "websocket client ready".
     let mut ws = open_ws(&h, &token).await;
-    let ack = ws_collect(&mut ws, Duration::from_secs(10), |t| {
-        t.contains("server received message")
-    })
-    .await;
-    assert!(ack.contains("server received message"));
     // Before: a 1 MiB message was read whole and acknowledged.
     let _ = ws.send(Message::Text("x".repeat(64 << 10).into())).await;
     let closed = tokio::time::timeout(Duration::from_secs(10), async {
