@@ -12,12 +12,17 @@ use crate::state::AppState;
 
 /// `/metrics`, `/health/live`, `/health/ready`, `/openapi.json`.
 pub fn routes() -> Router<AppState> {
+    let [m, live, ready_path, doc] = PATHS;
     Router::new()
-        .route("/metrics", get(metrics))
-        .route("/health/live", get(|| async { "ok" }))
-        .route("/health/ready", get(ready))
-        .route("/openapi.json", get(openapi))
+        .route(m, get(metrics))
+        .route(live, get(|| async { "ok" }))
+        .route(ready_path, get(ready))
+        .route(doc, get(openapi))
 }
+
+/// The paths of [`routes`]: rest_wsgi sends these to them and every other
+/// path to its lowstate handler.
+pub const PATHS: [&str; 4] = ["/metrics", "/health/live", "/health/ready", "/openapi.json"];
 
 /// The OpenAPI document of both surfaces (`docs/openapi.yaml`, built in).
 const OPENAPI_YAML: &str = include_str!("../../../docs/openapi.yaml");

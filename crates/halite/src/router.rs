@@ -20,41 +20,40 @@ use crate::metrics::{HttpLabels, Metrics};
 use crate::settings::{Surface, SurfaceKind};
 use crate::state::AppState;
 use crate::throttle::RememberPeerLayer;
-use crate::{cherrypy, health, wsgi};
+use crate::{cherrypy, wsgi};
 
 /// The complete `Router` of one surface, as `serve` runs it: usable without
 /// a socket (`tower::ServiceExt::oneshot`).
 pub fn router(surface: &Surface, state: AppState) -> Router {
-    let metrics = state.metrics.clone();
-    let app = match surface.kind {
-        SurfaceKind::Wsgi => health::routes()
-            .with_state(state.clone())
-            .merge(wsgi::router(state)),
-        SurfaceKind::Cherrypy => cherrypy::router(state, surface.cherrypy.clone()),
-    };
     let accounting = Accounting {
-        metrics,
+        metrics: state.metrics.clone(),
         surface: surface.kind.section(),
         root_prefix: Arc::from(surface.cherrypy.root_prefix.as_str()),
         kind: surface.kind,
     };
     // One stack, one `layer` call: axum boxes each route's future once per
     // `Router::layer`, and every call waiting for its job holds those boxes.
-    let app = app.layer(
-        tower::ServiceBuilder::new()
-            .layer(accounting)
-            // A body that stops arriving fails its read (408 from `read_body`).
-            .layer(RequestBodyTimeoutLayer::new(
-                surface.connections.body_read_timeout,
-            ))
-            // The client address, for the credential throttle.
-            .layer(RememberPeerLayer),
-    );
-    // rest_cherrypy accepts `/login/` as `/login` (CherryPy's trailing_slash tool).
-    Router::new().fallback_service(tower::Layer::layer(
-        &tower_http::normalize_path::NormalizePathLayer::trim_trailing_slash(),
-        app,
-    ))
+    let stack = tower::ServiceBuilder::new()
+        .layer(accounting)
+        // A body that stops arriving fails its read (408 from `read_body`).
+        .layer(RequestBodyTimeoutLayer::new(
+            surface.connections.body_read_timeout,
+        ))
+        // The client address, for the credential throttle.
+        .layer(RememberPeerLayer);
+    // rest_cherrypy accepts `/login/` as `/login` (CherryPy's trailing_slash
+    // tool); rest_wsgi's health routes do the same.
+    let trim = tower_http::normalize_path::NormalizePathLayer::trim_trailing_slash();
+    match surface.kind {
+        // rest_wsgi is one tower service under the stack (see `wsgi::service`).
+        SurfaceKind::Wsgi => {
+            Router::new().fallback_service(trim.layer(stack.service(wsgi::service(state))))
+        }
+        SurfaceKind::Cherrypy => {
+            let app = cherrypy::router(state, surface.cherrypy.clone()).layer(stack);
+            Router::new().fallback_service(trim.layer(app))
+        }
+    }
 }
 
 /// The endpoint families of the metrics' `endpoint` label: a fixed set, so

@@ -3,16 +3,20 @@
 //! looked at: every path behaves as `/`. Every reply, errors included, is
 //! `{"return": ...}`.
 
+use std::convert::Infallible;
 use std::future::Future;
+use std::task::{ready, Context, Poll};
 
-use axum::body::{Body, Bytes};
+use axum::body::{Body, Bytes, HttpBody};
 use axum::extract::{Request, State};
 use axum::handler::Handler;
 use axum::http::{header, HeaderMap, Method, StatusCode};
 use axum::response::Response;
-use axum::Router;
+use axum::routing::future::RouteFuture;
+use axum::{BoxError, Router};
+use futures_util::future::Either;
 use serde_json::json;
-use tower::Layer;
+use tower::{Layer, Service};
 
 use crate::body::read_body;
 use crate::error::ApiError;
@@ -20,12 +24,72 @@ use crate::lowstate;
 use crate::response::json_response;
 use crate::state::AppState;
 
-/// The router of the rest_wsgi surface.
-pub fn router(state: AppState) -> Router {
-    // The streamed-answer layer wraps the handler's service directly: one
-    // route (one boxed future per call) rather than a route and a layer.
+/// The rest_wsgi surface as one tower service: the health routes by path
+/// (see [`crate::health::PATHS`]), every other path to the lowstate
+/// handler, with the streamed-answer layer around it.
+///
+/// Not an axum `Router` with the handler as its fallback: each `Router`
+/// level, and each `Router::layer`, boxes the route's future again, and
+/// every call waiting for its job holds those boxes. As a plain service
+/// under the shared layer stack, a call holds the outer route's box and
+/// the handler's only.
+pub fn service(state: AppState) -> WsgiSurface<impl LowstateService> {
     let streamed = crate::stream_answer::StreamAnswerLayer::wsgi(state.clone());
-    Router::new().fallback_service(streamed.layer(handle.with_state(state)))
+    WsgiSurface {
+        health: crate::health::routes().with_state(state.clone()),
+        lowstate: streamed.layer(handle.with_state(state)),
+    }
+}
+
+/// What [`WsgiSurface`] needs of the lowstate handler's service.
+pub trait LowstateService:
+    Service<Request, Response = Response, Error = Infallible, Future: Send + 'static>
+    + Clone
+    + Send
+    + Sync
+    + 'static
+{
+}
+
+impl<S> LowstateService for S where
+    S: Service<Request, Response = Response, Error = Infallible, Future: Send + 'static>
+        + Clone
+        + Send
+        + Sync
+        + 'static
+{
+}
+
+/// See [`service`].
+#[derive(Clone)]
+pub struct WsgiSurface<L> {
+    health: Router,
+    lowstate: L,
+}
+
+impl<L, B> Service<Request<B>> for WsgiSurface<L>
+where
+    L: LowstateService,
+    B: HttpBody<Data = Bytes> + Send + 'static,
+    B::Error: Into<BoxError>,
+{
+    type Response = Response;
+    type Error = Infallible;
+    type Future = Either<RouteFuture<Infallible>, L::Future>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
+        ready!(Service::<Request>::poll_ready(&mut self.health, cx))?;
+        self.lowstate.poll_ready(cx)
+    }
+
+    fn call(&mut self, req: Request<B>) -> Self::Future {
+        let req = req.map(Body::new);
+        if crate::health::PATHS.contains(&req.uri().path()) {
+            Either::Left(self.health.call(req))
+        } else {
+            Either::Right(self.lowstate.call(req))
+        }
+    }
 }
 
 /// `POST /` runs the lowstates; `GET` and `HEAD` greet.
