@@ -20,6 +20,7 @@
 
 mod bus;
 mod handler;
+pub mod lab_gate;
 mod zmtp_server;
 
 use std::collections::{HashMap, HashSet, VecDeque};

@@ -4,11 +4,8 @@
 //! (`scripts/test` does this). A lab test asked to run without them fails
 //! with a message that says how to start the lab; it never skips.
 
-use std::cell::Cell;
 use std::net::TcpListener;
 use std::path::{Path, PathBuf};
-use std::sync::{Condvar, Mutex, PoisonError};
-use std::time::Duration;
 
 use serde_json::{Map, Value as Json};
 
@@ -75,126 +72,12 @@ pub fn lab() -> Lab {
     lab
 }
 
-/// The gate between the tests that share the lab's three minions and the few
-/// that flood them (hundreds of jobs, one Python process each). On 2 CPUs a
-/// flood made the `test.ping` of a test running beside it go unanswered
-/// within Salt's timeout; so a flooding test takes the lab [`alone`], and
-/// every other test, through [`lab`], shares it. So does a test that holds
-/// the master's workers with failing PAM logins, and one that accepts a
-/// minion key for a while: every `*` job beside it would wait for that
-/// minion.
-///
-/// A sharing test holds its share until its thread ends (libtest runs each
-/// test on a thread of its own): a thread-local records it, and its
-/// destructor gives it back. A test with the lab alone must not call [`lab`]
-/// from another thread (a task on a multi-thread runtime): that call would
-/// wait for the test itself.
-struct Gate {
-    state: Mutex<GateState>,
-    changed: Condvar,
-}
+pub use salt_testkit::lab_gate::alone;
 
-struct GateState {
-    /// Threads sharing the lab.
-    sharing: usize,
-    /// A test has the lab alone.
-    alone: bool,
-}
-
-static GATE: Gate = Gate {
-    state: Mutex::new(GateState {
-        sharing: 0,
-        alone: false,
-    }),
-    changed: Condvar::new(),
-};
-
-/// Longer than any test: a gate still shut after this is a bug of the
-/// harness, and the waiting test says so rather than hanging CI.
-const GATE_WAIT: Duration = Duration::from_secs(15 * 60);
-
-impl Gate {
-    /// Wait until `free`, then `take`.
-    fn enter(
-        &self,
-        what: &str,
-        free: impl Fn(&GateState) -> bool,
-        take: impl FnOnce(&mut GateState),
-    ) {
-        let state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
-        let (mut state, waited) = self
-            .changed
-            .wait_timeout_while(state, GATE_WAIT, |s| !free(s))
-            .unwrap_or_else(PoisonError::into_inner);
-        assert!(
-            !waited.timed_out(),
-            "waited {GATE_WAIT:?} to {what} the Salt lab"
-        );
-        take(&mut state);
-    }
-
-    fn leave(&self, give_back: impl FnOnce(&mut GateState)) {
-        give_back(&mut self.state.lock().unwrap_or_else(PoisonError::into_inner));
-        self.changed.notify_all();
-    }
-}
-
-/// What this thread holds of the lab.
-#[derive(Clone, Copy, PartialEq)]
-enum Held {
-    Nothing,
-    Share,
-    Alone,
-}
-
-/// Gives this thread's share back when the thread ends.
-struct Share;
-
-impl Drop for Share {
-    fn drop(&mut self) {
-        GATE.leave(|s| s.sharing -= 1);
-    }
-}
-
-thread_local! {
-    static HELD: Cell<Held> = const { Cell::new(Held::Nothing) };
-    static SHARE: Cell<Option<Share>> = const { Cell::new(None) };
-}
-
+/// Share the lab through the gate of `salt_testkit::lab_gate`, which
+/// salt-client's lab tests take too.
 fn share_the_lab() {
-    if HELD.get() != Held::Nothing {
-        return;
-    }
-    GATE.enter("share", |s| !s.alone, |s| s.sharing += 1);
-    HELD.set(Held::Share);
-    SHARE.set(Some(Share));
-}
-
-/// The lab to this test alone while the guard lives: for the tests that
-/// flood the minions. Waits until no other test shares it. Take it first,
-/// before [`lab`].
-#[must_use = "the lab is the test's alone while the guard lives"]
-pub fn alone() -> Alone {
-    assert!(
-        HELD.get() == Held::Nothing,
-        "take the lab alone before anything else of it"
-    );
-    GATE.enter(
-        "have alone",
-        |s| !s.alone && s.sharing == 0,
-        |s| s.alone = true,
-    );
-    HELD.set(Held::Alone);
-    Alone(())
-}
-
-pub struct Alone(());
-
-impl Drop for Alone {
-    fn drop(&mut self) {
-        HELD.set(Held::Nothing);
-        GATE.leave(|s| s.alone = false);
-    }
+    salt_testkit::lab_gate::share();
 }
 
 /// halite's config file for the lab.

@@ -17,6 +17,8 @@ const BUDGET_S: u64 = 600;
 /// waiters, not about how fast three minions run 450 Python processes).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn hundred_local_and_fifty_local_async_calls() {
+    // 150 jobs at once: the lab is this test's alone (salt_testkit::lab_gate).
+    let _alone = salt_testkit::lab_gate::alone();
     let (lab, n) = netapi().await;
     let minion = |i: usize| lab.minions[i % lab.minions.len()].clone();
 
