@@ -56,11 +56,7 @@ pub fn share() {
     if HELD.get() != Held::Nothing {
         return;
     }
-    let turnstile = gate_file("turnstile");
-    take(&turnstile, Lock::Shared, "share");
-    let lab = gate_file("lab");
-    take(&lab, Lock::Shared, "share");
-    drop(turnstile);
+    let lab = enter(Lock::Shared, "share");
     HELD.set(Held::Share);
     SHARE.with(|s| *s.borrow_mut() = Some(lab));
 }
@@ -74,11 +70,7 @@ pub fn alone() -> Alone {
         HELD.get() == Held::Nothing,
         "take the lab alone before anything else of it"
     );
-    let turnstile = gate_file("turnstile");
-    take(&turnstile, Lock::Exclusive, "have alone");
-    let lab = gate_file("lab");
-    take(&lab, Lock::Exclusive, "have alone");
-    drop(turnstile);
+    let lab = enter(Lock::Exclusive, "have alone");
     HELD.set(Held::Alone);
     Alone { _lab: lab }
 }
@@ -98,6 +90,16 @@ impl Drop for Alone {
 enum Lock {
     Shared,
     Exclusive,
+}
+
+/// Pass the turnstile in `lock`'s mode, then lock the lab file the same
+/// way; the turnstile is let go once the lab file is held.
+fn enter(lock: Lock, what: &str) -> File {
+    let turnstile = gate_file("turnstile");
+    take(&turnstile, lock, what);
+    let lab = gate_file("lab");
+    take(&lab, lock, what);
+    lab
 }
 
 fn gate_file(name: &str) -> File {
