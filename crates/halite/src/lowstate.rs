@@ -3,6 +3,8 @@
 //! Shared by every surface; surfaces differ only in where credentials come
 //! from and how bodies and responses are encoded.
 
+use std::collections::VecDeque;
+
 use salt_client::clients::{Client, Lowstate, Output};
 use salt_client::{redact, ErrorKind};
 use serde_json::Value as Json;
@@ -35,8 +37,15 @@ pub fn chunks_from_json(body: Json, allow_single_object: bool) -> Result<Vec<Low
 /// results (`local_batch`) as rest_cherrypy does. The first failing chunk
 /// fails the request.
 pub async fn run_chunks(state: &AppState, chunks: Vec<Lowstate>) -> Result<Vec<Json>, ApiError> {
-    let mut out = Vec::with_capacity(chunks.len());
-    for chunk in chunks {
+    // Nothing of the list is held while a chunk waits for its job: the
+    // answers are gathered after it, and the list's buffer goes with its
+    // last chunk (most calls have one).
+    let mut out = Vec::new();
+    let mut chunks = VecDeque::from(chunks);
+    while let Some(chunk) = chunks.pop_front() {
+        if chunks.is_empty() {
+            chunks = VecDeque::new();
+        }
         if let Some(token) = chunk.get("token") {
             match token.as_str() {
                 Some(t) if salt_client::auth::validate_token_text(t).is_ok() => {}

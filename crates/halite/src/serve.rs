@@ -25,6 +25,7 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
 
+use axum::ServiceExt as _;
 use axum_server::accept::Accept;
 use axum_server::tls_rustls::{RustlsAcceptor, RustlsConfig};
 use hyper_util::rt::{TokioExecutor, TokioTimer};
@@ -38,7 +39,7 @@ use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::metrics::{Metrics, SurfaceLabel};
-use crate::router::router;
+use crate::router::app;
 use crate::settings::{ConnectionLimits, Surface, TlsOptions, DEFAULT_GRACE};
 use crate::shutdown::Shutdown;
 use crate::state::{AppState, Limits};
@@ -90,7 +91,7 @@ pub async fn serve(config: MasterConfig, surfaces: Vec<Surface>) -> Result<(), S
         };
         let state = AppState::with_metrics(master.clone(), limits, metrics.clone())
             .with_shutdown(shutdown.clone());
-        let app = router(&surface, state).into_make_service_with_connect_info::<SocketAddr>();
+        let app = app(&surface, state).into_make_service_with_connect_info::<SocketAddr>();
         let name = surface.kind.section();
         let addr = resolve(&surface.host, surface.port).await?;
         let listener = std::net::TcpListener::bind(addr)

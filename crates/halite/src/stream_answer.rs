@@ -137,7 +137,7 @@ pub async fn answer(app: &AppState, mut chunk: Lowstate, kind: Kind) -> Result<R
         .await?;
     let master = app.netapi.master().clone();
     let start = match &gatherer {
-        Some(g) => json!({"jid": g.jid(), "minions": g.expected_minions()}),
+        Some(g) => json!({"jid": g.jid(), "minions": g.expected_minions().collect::<Vec<_>>()}),
         None => json!({"jid": Json::Null, "minions": []}),
     };
     let first = kind.frame("start", &start);

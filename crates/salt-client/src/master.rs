@@ -166,12 +166,16 @@ impl Master {
     /// is down fails at once with [`SaltError::Unreachable`](crate::SaltError::Unreachable) (connection
     /// refused) instead of after `limit`.
     pub async fn wait_ready(&self, limit: Duration) -> Result<()> {
-        let bus = self.bus();
-        if bus.is_connected() {
+        if self.bus().is_connected() {
             return Ok(());
         }
-        self.ping(limit).await?;
-        bus.wait_connected(limit).await
+        // Boxed: rare, and inline this future would be room reserved in
+        // every call that publishes (~1 KiB).
+        Box::pin(async {
+            self.ping(limit).await?;
+            self.bus().wait_connected(limit).await
+        })
+        .await
     }
 
     /// A new jid `YYYYMMDDhhmmssffffff` (UTC), strictly increasing within this

@@ -3,6 +3,8 @@
 //! running with `saltutil.find_job` (docs/PROTOCOL.md §5.2, §5.3).
 
 use std::collections::HashSet;
+
+use indexmap::IndexMap;
 use std::future::Future;
 use std::time::Duration;
 
@@ -141,10 +143,21 @@ impl LocalJob {
             &self.arg,
             &self.ret,
             jid,
-            &self.kwargs,
+            kwargs_value(&self.kwargs),
             self.pub_timeout,
         )
         .await
+    }
+
+    /// What a [`Gatherer`] keeps of this job once it is published.
+    pub fn published(&self) -> Published {
+        Published {
+            kwargs: value::encode(&kwargs_value(&self.kwargs)).into_boxed_slice(),
+            timeout: self.timeout,
+            gather_job_timeout: self.gather_job_timeout,
+            pub_timeout: self.pub_timeout,
+            full_return: self.full_return,
+        }
     }
 
     /// Publish the job and start gathering its returns; `None` when no
@@ -165,7 +178,12 @@ impl LocalJob {
             if reply.minions.is_empty() && reply.missing.is_empty() {
                 return Ok(None);
             }
-            Ok(Some(Gatherer::new(self, master.clone(), sub, &reply)))
+            Ok(Some(Gatherer::new(
+                self.published(),
+                master.clone(),
+                sub,
+                &reply,
+            )))
         }
     }
 
@@ -179,39 +197,12 @@ impl LocalJob {
 
     /// A minion's return as `cmd` reports it.
     pub fn shape(&self, data: &Json, jid: &str) -> Json {
-        let ret = data.get("return").cloned().unwrap_or(Json::Null);
-        if !self.full_return {
-            return ret;
-        }
-        let mut m = Map::new();
-        m.insert("ret".into(), ret);
-        m.insert(
-            "retcode".into(),
-            data.get("retcode").cloned().unwrap_or(json!(0)),
-        );
-        m.insert("jid".into(), Json::String(jid.into()));
-        if let Some(out) = data.get("out") {
-            m.insert("out".into(), out.clone());
-        }
-        Json::Object(m)
+        shape(self.full_return, data, jid)
     }
 
-    /// The value for a minion that never returned (version dependent).
+    /// What `cmd` reports for a minion that did not return.
     pub fn no_return_value(&self, master: &Master, jid: &str, missing: bool) -> Json {
-        let modern = missing || master.bus().stamps_have_offset() == Some(true);
-        if !modern {
-            return Json::Bool(false);
-        }
-        let msg = format!(
-            "Minion did not return. [No response]\nThe minions may not have all finished running and any \
-             remaining minions will return upon completion. To look up the return data for this job later, \
-             run the following command:\n\nsalt-run jobs.lookup_jid {jid}"
-        );
-        if self.full_return {
-            json!({"out": "no_return", "ret": msg, "retcode": 1})
-        } else {
-            Json::String(msg)
-        }
+        no_return_value(self.full_return, master, jid, missing)
     }
 
     /// Wait for returns of `reply.jid` on `sub`, calling `on_return(id, data)`
@@ -224,7 +215,7 @@ impl LocalJob {
         reply: &PubReply,
         mut on_return: impl FnMut(&str, &Json),
     ) -> Collected {
-        let mut gather = Gatherer::new(self.clone(), master.clone(), sub, reply);
+        let mut gather = Gatherer::new(self.published(), master.clone(), sub, reply);
         while let Some((id, ev)) = gather.next().await {
             on_return(&id, ev.data());
         }
@@ -234,56 +225,77 @@ impl LocalJob {
 
 /// Which minions a job is waiting for, in the order they became known.
 /// Every question the gathering loop asks per event is a hash lookup or a
-/// counter, so a return costs the same with 10 or 30,000 minions.
+/// counter, so a return costs the same with 10 or 30,000 minions. Each id is
+/// held once, with what is known of it.
 #[derive(Debug, Default)]
 struct Expected {
-    order: Vec<String>,
-    known: HashSet<String>,
-    returned: HashSet<String>,
-    missing: HashSet<String>,
+    minions: IndexMap<String, Status>,
     /// Known, not returned and not missing.
     pending: usize,
 }
 
+#[derive(Debug, Default, Clone, Copy)]
+struct Status {
+    returned: bool,
+    /// Targeted, but the master has no accepted key by that name.
+    missing: bool,
+}
+
 impl Expected {
     fn expect(&mut self, id: &str) {
-        if self.known.insert(id.to_owned()) {
-            self.order.push(id.to_owned());
-            if !self.returned.contains(id) && !self.missing.contains(id) {
-                self.pending += 1;
-            }
+        if !self.minions.contains_key(id) {
+            self.minions.insert(id.to_owned(), Status::default());
+            self.pending += 1;
         }
     }
 
     fn mark_missing(&mut self, id: &str) {
         self.expect(id);
-        if self.missing.insert(id.to_owned()) && !self.returned.contains(id) {
-            self.pending -= 1;
+        if let Some(status) = self.minions.get_mut(id) {
+            if !status.missing {
+                status.missing = true;
+                if !status.returned {
+                    self.pending -= 1;
+                }
+            }
         }
     }
 
     /// Record a return; `false` if `id` had already returned.
     fn mark_returned(&mut self, id: &str) -> bool {
-        if !self.returned.insert(id.to_owned()) {
-            return false;
+        match self.minions.get_mut(id) {
+            Some(status) if status.returned => false,
+            Some(status) => {
+                status.returned = true;
+                if !status.missing {
+                    self.pending -= 1;
+                }
+                true
+            }
+            None => {
+                let returned = Status {
+                    returned: true,
+                    missing: false,
+                };
+                self.minions.insert(id.to_owned(), returned);
+                true
+            }
         }
-        if self.known.insert(id.to_owned()) {
-            self.order.push(id.to_owned());
-        } else if !self.missing.contains(id) {
-            self.pending -= 1;
-        }
-        true
+    }
+
+    fn returned(&self, id: &str) -> bool {
+        self.minions.get(id).is_some_and(|s| s.returned)
     }
 
     fn done(&self) -> bool {
-        self.pending == 0 && !self.order.is_empty()
+        self.pending == 0 && !self.minions.is_empty()
     }
 
     fn pending_list(&self) -> Vec<String> {
-        self.order
+        self.minions
             .iter()
-            .filter(|m| !self.returned.contains(*m) && !self.missing.contains(*m))
-            .cloned()
+            .filter(|(_, s)| !s.returned && !s.missing)
+            .map(|(id, _)| id.clone())
             .collect()
     }
 }
@@ -310,13 +322,14 @@ struct Probe {
 /// moment later. Only when a probed minion reports the job running does the
 /// probe end early (and the wait is extended by `timeout`).
 pub struct Gatherer {
-    job: LocalJob,
+    job: Published,
     master: Master,
     sub: JidSubscription,
     jid: String,
     expected: Expected,
     deadline: Instant,
-    probe: Option<Probe>,
+    /// Boxed: rare, and inline it would be room in every waiting call.
+    probe: Option<Box<Probe>>,
     done: bool,
     /// Resolves when the event bus is lost (the master went away).
     bus_lost: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
@@ -333,7 +346,7 @@ enum Step {
 impl Gatherer {
     /// Gather the returns of `reply` (the master's answer to the publish
     /// whose events `sub` receives).
-    pub fn new(job: LocalJob, master: Master, sub: JidSubscription, reply: &PubReply) -> Self {
+    pub fn new(job: Published, master: Master, sub: JidSubscription, reply: &PubReply) -> Self {
         let mut expected = Expected::default();
         for m in &reply.minions {
             expected.expect(m);
@@ -378,14 +391,14 @@ impl Gatherer {
         &self.jid
     }
 
-    /// The job.
-    pub fn job(&self) -> &LocalJob {
+    /// What is kept of the job: how its returns are shaped.
+    pub fn job(&self) -> &Published {
         &self.job
     }
 
     /// The minions known to be targeted so far, in the master's order.
-    pub fn expected_minions(&self) -> &[String] {
-        &self.expected.order
+    pub fn expected_minions(&self) -> impl ExactSizeIterator<Item = &str> {
+        self.expected.minions.keys().map(String::as_str)
     }
 
     /// The next minion's return (its id and the return event), or `None`
@@ -465,7 +478,7 @@ impl Gatherer {
                     // Boxed: probing is rare, and inline its future would
                     // be most of every waiting call's `next` future.
                     match Box::pin(self.start_probe(&pending)).await {
-                        Some(probe) => self.probe = Some(probe),
+                        Some(probe) => self.probe = Some(Box::new(probe)),
                         None => {
                             self.done = true;
                             return None;
@@ -513,17 +526,17 @@ impl Gatherer {
                 "returns of this job were dropped because its waiter fell too far behind"
             );
         }
-        let Expected {
-            order,
-            returned,
-            missing,
-            ..
-        } = self.expected;
-        let no_return = order
-            .into_iter()
-            .filter(|m| !returned.contains(m))
-            .collect();
-        Collected { no_return, missing }
+        let mut outcome = Collected::default();
+        for (id, status) in self.expected.minions {
+            if status.returned {
+                continue;
+            }
+            if status.missing {
+                outcome.missing.insert(id.clone());
+            }
+            outcome.no_return.push(id);
+        }
+        outcome
     }
 
     /// Take one event of the main job into account; the minion id when it
@@ -569,7 +582,7 @@ impl Gatherer {
             &[json!(self.jid)],
             "",
             &probe_jid,
-            &self.job.kwargs,
+            self.job.kwargs(),
             self.job.pub_timeout,
         )
         .await
@@ -594,15 +607,90 @@ impl Gatherer {
         let Some(probe) = self.probe.take() else {
             return;
         };
-        if probe
-            .running
-            .iter()
-            .all(|m| self.expected.returned.contains(m))
-        {
+        if probe.running.iter().all(|m| self.expected.returned(m)) {
             self.done = true;
         } else {
             self.deadline = Instant::now() + secs(self.job.timeout);
         }
+    }
+}
+
+/// What a [`Gatherer`] keeps of its [`LocalJob`] once the job is published:
+/// how returns are shaped and how pending minions are probed. Not the
+/// target, function or arguments; and the publish kwargs (the credentials)
+/// encoded, in one allocation of a few dozen bytes instead of a map of
+/// strings: at 10,000 calls waiting, ~0.7 KiB less per call.
+#[derive(Debug, Clone)]
+pub struct Published {
+    kwargs: Box<[u8]>,
+    timeout: f64,
+    gather_job_timeout: f64,
+    pub_timeout: f64,
+    full_return: bool,
+}
+
+impl Published {
+    /// A minion's return as `cmd` reports it.
+    pub fn shape(&self, data: &Json, jid: &str) -> Json {
+        shape(self.full_return, data, jid)
+    }
+
+    /// What `cmd` reports for a minion that did not return.
+    pub fn no_return_value(&self, master: &Master, jid: &str, missing: bool) -> Json {
+        no_return_value(self.full_return, master, jid, missing)
+    }
+
+    /// The publish kwargs, for a `saltutil.find_job` probe.
+    fn kwargs(&self) -> Mp {
+        // Encoded from a value a moment ago: decoding cannot fail.
+        value::decode(&self.kwargs).unwrap_or_else(|_| Mp::Map(Vec::new()))
+    }
+}
+
+/// The publish kwargs as the master reads them.
+fn kwargs_value(kwargs: &Map<String, Json>) -> Mp {
+    Mp::Map(
+        kwargs
+            .iter()
+            .map(|(k, v)| (Mp::from(k.as_str()), value::from_json(v)))
+            .collect(),
+    )
+}
+
+/// A minion's return as `cmd` reports it.
+fn shape(full_return: bool, data: &Json, jid: &str) -> Json {
+    let ret = data.get("return").cloned().unwrap_or(Json::Null);
+    if !full_return {
+        return ret;
+    }
+    let mut m = Map::new();
+    m.insert("ret".into(), ret);
+    m.insert(
+        "retcode".into(),
+        data.get("retcode").cloned().unwrap_or(json!(0)),
+    );
+    m.insert("jid".into(), Json::String(jid.into()));
+    if let Some(out) = data.get("out") {
+        m.insert("out".into(), out.clone());
+    }
+    Json::Object(m)
+}
+
+/// The value for a minion that never returned (version dependent).
+fn no_return_value(full_return: bool, master: &Master, jid: &str, missing: bool) -> Json {
+    let modern = missing || master.bus().stamps_have_offset() == Some(true);
+    if !modern {
+        return Json::Bool(false);
+    }
+    let msg = format!(
+        "Minion did not return. [No response]\nThe minions may not have all finished running and any \
+         remaining minions will return upon completion. To look up the return data for this job later, \
+         run the following command:\n\nsalt-run jobs.lookup_jid {jid}"
+    );
+    if full_return {
+        json!({"out": "no_return", "ret": msg, "retcode": 1})
+    } else {
+        Json::String(msg)
     }
 }
 
@@ -625,7 +713,7 @@ pub async fn publish(
     arg: &[Json],
     ret: &str,
     jid: &str,
-    kwargs: &Map<String, Json>,
+    kwargs: Mp,
     timeout: f64,
 ) -> Result<PubReply> {
     let load = value::map([
@@ -637,7 +725,7 @@ pub async fn publish(
         ("ret", Mp::from(ret)),
         ("jid", Mp::from(jid)),
         ("user", Mp::from(super::os_user())),
-        ("kwargs", value::from_json(&Json::Object(kwargs.clone()))),
+        ("kwargs", kwargs),
     ]);
     let reply = master.request(load, secs(timeout.max(1.0))).await?;
     let reply = value::to_json(&reply);

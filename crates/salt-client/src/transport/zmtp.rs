@@ -159,6 +159,10 @@ pub fn pong_for(ping_body: &[u8]) -> Vec<u8> {
     out
 }
 
+/// The read buffer a connection starts with: a publish's reply is a few
+/// hundred bytes, and a burst of calls opens hundreds of connections at once.
+const INITIAL_BUFFER: usize = 1024;
+
 /// A connected, handshaken DEALER connection.
 pub struct ZmtpConnection {
     stream: TcpStream,
@@ -172,7 +176,7 @@ impl ZmtpConnection {
         stream.set_nodelay(true)?;
         let mut conn = ZmtpConnection {
             stream,
-            buf: BytesMut::with_capacity(8 * 1024),
+            buf: BytesMut::with_capacity(INITIAL_BUFFER),
         };
         let mut hello = greeting().to_vec();
         hello.extend_from_slice(&ready_command());
@@ -194,8 +198,10 @@ impl ZmtpConnection {
     }
 
     async fn fill(&mut self) -> Result<(), ZmtpError> {
-        if self.buf.capacity() - self.buf.len() < 4096 {
-            self.buf.reserve(16 * 1024);
+        if self.buf.capacity() - self.buf.len() < INITIAL_BUFFER / 2 {
+            // Doubling: a large reply (a wheel's key list, a runner's
+            // return) takes a few reads, not one per 16 KiB.
+            self.buf.reserve(self.buf.len().max(4 * 1024));
         }
         let n = self.stream.read_buf(&mut self.buf).await?;
         if n == 0 {
