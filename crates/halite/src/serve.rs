@@ -36,6 +36,7 @@ use salt_client::master::Master;
 use sd_notify::NotifyState;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 use crate::metrics::{Metrics, SurfaceLabel};
@@ -74,6 +75,9 @@ pub async fn serve(config: MasterConfig, surfaces: Vec<Surface>) -> Result<(), S
                 .into(),
         );
     }
+    // Before any port opens: a SIGTERM that comes as soon as a port accepts
+    // (a service stopped while it starts) drains instead of killing.
+    let signals = Signals::install();
     let master = Master::new(config);
     let metrics = Arc::new(Metrics::default());
     let shutdown = Shutdown::default();
@@ -137,6 +141,7 @@ pub async fn serve(config: MasterConfig, surfaces: Vec<Surface>) -> Result<(), S
         metrics.clone(),
     ));
     tokio::spawn(handle_signals(
+        signals,
         handle.clone(),
         shutdown,
         grace,
@@ -189,7 +194,31 @@ async fn notify_ready(master: Master, started: Instant) {
     }
 }
 
+/// SIGTERM, SIGINT and SIGHUP, caught from the moment they are installed.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+impl Signals {
+    fn install() -> Option<Signals> {
+        match (
+            signal(SignalKind::terminate()),
+            signal(SignalKind::interrupt()),
+            signal(SignalKind::hangup()),
+        ) {
+            (Ok(term), Ok(int), Ok(hup)) => Some(Signals { term, int, hup }),
+            _ => {
+                tracing::error!("cannot install signal handlers; SIGTERM will not drain");
+                None
+            }
+        }
+    }
+}
+
 async fn handle_signals(
+    signals: Option<Signals>,
     handle: axum_server::Handle,
     shutdown: Shutdown,
     grace: Duration,
@@ -197,17 +226,13 @@ async fn handle_signals(
     master: Master,
     metrics: Arc<Metrics>,
 ) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let (mut term, mut int, mut hup) = match (
-        signal(SignalKind::terminate()),
-        signal(SignalKind::interrupt()),
-        signal(SignalKind::hangup()),
-    ) {
-        (Ok(t), Ok(i), Ok(h)) => (t, i, h),
-        _ => {
-            tracing::error!("cannot install signal handlers; SIGTERM will not drain");
-            return;
-        }
+    let Some(Signals {
+        mut term,
+        mut int,
+        mut hup,
+    }) = signals
+    else {
+        return;
     };
     loop {
         tokio::select! {
