@@ -620,13 +620,26 @@ impl Gatherer {
 /// target, function or arguments; and the publish kwargs (the credentials)
 /// encoded, in one allocation of a few dozen bytes instead of a map of
 /// strings: at 10,000 calls waiting, ~0.7 KiB less per call.
-#[derive(Debug, Clone)]
+#[derive(Clone)]
 pub struct Published {
     kwargs: Box<[u8]>,
     timeout: f64,
     gather_job_timeout: f64,
     pub_timeout: f64,
     full_return: bool,
+}
+
+/// The kwargs hold the caller's credentials: never shown.
+impl std::fmt::Debug for Published {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Published")
+            .field("kwargs", &"<redacted>")
+            .field("timeout", &self.timeout)
+            .field("gather_job_timeout", &self.gather_job_timeout)
+            .field("pub_timeout", &self.pub_timeout)
+            .field("full_return", &self.full_return)
+            .finish()
+    }
 }
 
 impl Published {
@@ -814,4 +827,35 @@ pub async fn local_async(master: &Master, low: Low) -> Result<Json> {
         return Ok(Json::Object(Map::new()));
     }
     Ok(json!({"jid": reply.jid, "minions": reply.minions}))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn published_keeps_the_kwargs_and_never_shows_them() {
+        let mut kwargs = Map::new();
+        kwargs.insert("username".into(), json!("saltdev"));
+        kwargs.insert("password".into(), json!("hunter2"));
+        let job = LocalJob {
+            tgt: json!("*"),
+            tgt_type: "glob".into(),
+            fun: json!("test.ping"),
+            arg: Vec::new(),
+            ret: String::new(),
+            kwargs,
+            timeout: 5.0,
+            gather_job_timeout: 10.0,
+            pub_timeout: 5.0,
+            full_return: false,
+        };
+        let published = job.published();
+        assert_eq!(published.kwargs(), kwargs_value(&job.kwargs));
+        let shown = format!("{published:?}");
+        assert!(shown.contains("<redacted>"), "{shown}");
+        assert!(!shown.contains("hunter2"), "{shown}");
+        let packed = format!("{:?}", value::encode(&kwargs_value(&job.kwargs)));
+        assert!(!shown.contains(packed.trim_matches(['[', ']'])), "{shown}");
+    }
 }
