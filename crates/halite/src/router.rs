@@ -8,8 +8,6 @@ use std::sync::Arc;
 use std::task::{ready, Context, Poll};
 use std::time::Instant;
 
-use std::convert::Infallible;
-
 use axum::body::Body;
 use axum::extract::Request;
 use axum::http::{Method, StatusCode};
@@ -22,11 +20,12 @@ use tower::{Layer, Service};
 use tower_http::normalize_path::NormalizePathLayer;
 use tower_http::timeout::RequestBodyTimeoutLayer;
 
+use crate::cherrypy;
 use crate::metrics::{HttpLabels, Metrics};
 use crate::settings::{Surface, SurfaceKind};
 use crate::state::AppState;
 use crate::throttle::RememberPeerLayer;
-use crate::{cherrypy, wsgi};
+use crate::wsgi::{self, HttpService};
 
 /// The complete `Router` of one surface, usable without a socket
 /// (`tower::ServiceExt::oneshot`). `serve` runs the same services; for
@@ -60,25 +59,6 @@ pub fn app(
         ),
         SurfaceKind::Cherrypy => tower::util::Either::Right(router(surface, state)),
     }
-}
-
-/// What `serve` needs of a surface's service.
-pub trait HttpService<B>:
-    Service<Request<B>, Response = Response, Error = Infallible, Future: Send + 'static>
-    + Clone
-    + Send
-    + Sync
-    + 'static
-{
-}
-
-impl<S, B> HttpService<B> for S where
-    S: Service<Request<B>, Response = Response, Error = Infallible, Future: Send + 'static>
-        + Clone
-        + Send
-        + Sync
-        + 'static
-{
 }
 
 /// rest_wsgi: one tower service (see `wsgi::service`) under the shared

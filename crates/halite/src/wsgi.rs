@@ -32,7 +32,7 @@ use crate::state::AppState;
 /// level, and each `Router::layer`, boxes the route's future again, and
 /// every call waiting for its job holds those boxes. As a plain service
 /// under the shared layer stack, a call holds the outer route's box only.
-pub fn service(state: AppState) -> WsgiSurface<impl LowstateService> {
+pub fn service(state: AppState) -> WsgiSurface<impl HttpService> {
     let streamed = crate::stream_answer::StreamAnswerLayer::wsgi(state.clone());
     WsgiSurface {
         health: crate::health::routes().with_state(state.clone()),
@@ -47,9 +47,11 @@ pub fn service(state: AppState) -> WsgiSurface<impl LowstateService> {
     }
 }
 
-/// What [`WsgiSurface`] needs of the lowstate handler's service.
-pub trait LowstateService:
-    Service<Request, Response = Response, Error = Infallible, Future: Send + 'static>
+/// A tower service that answers every request with a response: the
+/// lowstate handler [`WsgiSurface`] wraps, and each surface as `serve` runs
+/// it (with hyper's request body).
+pub trait HttpService<B = Body>:
+    Service<Request<B>, Response = Response, Error = Infallible, Future: Send + 'static>
     + Clone
     + Send
     + Sync
@@ -57,8 +59,8 @@ pub trait LowstateService:
 {
 }
 
-impl<S> LowstateService for S where
-    S: Service<Request, Response = Response, Error = Infallible, Future: Send + 'static>
+impl<S, B> HttpService<B> for S where
+    S: Service<Request<B>, Response = Response, Error = Infallible, Future: Send + 'static>
         + Clone
         + Send
         + Sync
@@ -75,7 +77,7 @@ pub struct WsgiSurface<L> {
 
 impl<L, B> Service<Request<B>> for WsgiSurface<L>
 where
-    L: LowstateService,
+    L: HttpService,
     B: HttpBody<Data = Bytes> + Send + 'static,
     B::Error: Into<BoxError>,
 {
