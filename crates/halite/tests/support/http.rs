@@ -89,17 +89,31 @@ pub fn all_true(lab: &Lab) -> Json {
 }
 
 /// Reads server-sent events from a streaming response.
+///
+/// The response is read in the background from the start, whatever the
+/// test does meanwhile: a test that opens a stream, then waits on a long
+/// call before it looks for its events, must not be a stalled reader to
+/// the server (halite drops an `/events` client that leaves its budget full
+/// for `SEND_TIMEOUT`, and the lab's bus is busy with the other tests).
 pub struct Sse {
-    resp: reqwest::Response,
+    chunks: tokio::sync::mpsc::UnboundedReceiver<bytes::Bytes>,
     buf: String,
     /// Everything read so far, for "never appears" checks.
     pub all: String,
 }
 
 impl Sse {
-    pub fn new(resp: reqwest::Response) -> Sse {
+    pub fn new(mut resp: reqwest::Response) -> Sse {
+        let (tx, chunks) = tokio::sync::mpsc::unbounded_channel();
+        tokio::spawn(async move {
+            while let Ok(Some(chunk)) = resp.chunk().await {
+                if tx.send(chunk).is_err() {
+                    break;
+                }
+            }
+        });
         Sse {
-            resp,
+            chunks,
             buf: String::new(),
             all: String::new(),
         }
@@ -128,9 +142,8 @@ impl Sse {
                 self.buf.drain(..i + end.len());
                 return Some(taken);
             }
-            let chunk = tokio::time::timeout_at(deadline, self.resp.chunk())
+            let chunk = tokio::time::timeout_at(deadline, self.chunks.recv())
                 .await
-                .ok()?
                 .ok()??;
             let text = String::from_utf8_lossy(&chunk);
             self.all.push_str(&text);
