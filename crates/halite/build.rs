@@ -1,5 +1,6 @@
-//! Records the git revision for `halite --version` (`HALITE_GIT_REV` wins,
-//! for builds from a tarball; `unknown` when neither is available).
+//! Records, for `halite --version`, the git revision (`HALITE_GIT_REV` wins,
+//! for builds from a tarball; `unknown` when neither is available) and the
+//! memory allocator the binary is built with (the `jemalloc` feature).
 
 use std::process::Command;
 
@@ -25,6 +26,12 @@ fn main() {
             println!("cargo:rerun-if-changed={dir}/refs/heads");
         }
     }
+    let allocator = if std::env::var_os("CARGO_FEATURE_JEMALLOC").is_some() {
+        "jemalloc"
+    } else {
+        "the system's malloc"
+    };
+    println!("cargo:rustc-env=HALITE_ALLOCATOR={allocator}");
     println!(
         "cargo:rustc-env=HALITE_GIT_REV={}",
         rev.filter(|r| !r.is_empty())

@@ -244,9 +244,13 @@ def inflight_runs(a, port, wsgi, cp):
                                     "--check", "true:3", *extra], capture_output=True, text=True, timeout=400)
                 cpu = cpu_s(hpid) - c0
                 peak = status_kib(hpid, "VmHWM")
+                # What the allocator gives back once the burst is over.
+                time.sleep(a.settle_secs)
+                settled = status_kib(hpid, "VmRSS")
                 rep = json.loads(r.stdout.strip().splitlines()[-1]) if r.returncode == 0 and r.stdout.strip() else {"error": r.stderr[-300:]}
                 row = {"http": label, "calls": a.inflight, "idle_rss_mib": idle / 1024, "peak_rss_mib": peak / 1024,
-                       "kib_per_call": (peak - idle) / a.inflight, "cpu_s": cpu, "loadavg": os.getloadavg(),
+                       "kib_per_call": (peak - idle) / a.inflight,
+                       "settled_rss_mib": settled / 1024, "settle_secs": a.settle_secs, "cpu_s": cpu, "loadavg": os.getloadavg(),
                        "ok": rep.get("ok"), "failed": rep.get("failed"), "incomplete": rep.get("incomplete"),
                        "max_in_flight": rep.get("max_in_flight"), "connections": rep.get("connections"),
                        "errors": rep.get("errors", rep.get("error"))}
@@ -292,6 +296,8 @@ def main():
     p.add_argument("--hold-ms", type=int, default=15000)
     p.add_argument("--h2-connections", type=int, default=100)
     p.add_argument("--inflight-modes", default="HTTP/1.1,h2c,TLS h2")
+    p.add_argument("--settle-secs", type=int, default=15,
+                   help="after an in-flight run, wait this long and read halite's RSS again")
     p.add_argument("--halite-wrap", default="", help="command to run halite under in the in-flight runs (heaptrack)")
     p.add_argument("--halite-env", default="", help="NAME=VALUE,... added to halite's environment in the in-flight runs")
     p.add_argument("--kinds", default="json,ndjson", help="answers to measure (a build without streaming: json)")
@@ -366,12 +372,13 @@ def table(r):
             lines.append(f"| {n:,} | {kind} | {d['wall_s']:.3f} | {d['cpu_s'] * 1000:.1f} | "
                          f"{d['cpu_us_per_return']:.2f} | {rss} | {d.get('bytes', 0):,} | {d['complete_min']:,}/{n:,} |")
     if r.get("inflight"):
-        lines += ["", "| in flight | HTTP | connections | completed | failed+incomplete | idle RSS MiB | peak RSS MiB | KiB per call |",
-                  "|---:|---|---:|---:|---:|---:|---:|---:|"]
+        lines += ["", "| in flight | HTTP | connections | completed | failed+incomplete | idle RSS MiB | peak RSS MiB | KiB per call | RSS MiB after |",
+                  "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
         for x in r["inflight"]:
+            after = f"{x['settled_rss_mib']:.1f} ({x['settle_secs']} s)" if "settled_rss_mib" in x else ""
             lines.append(f"| {x['calls']:,} | {x['http']} | {x['connections']} | {x['ok']} | "
                          f"{(x['failed'] or 0) + (x['incomplete'] or 0)} | {x['idle_rss_mib']:.1f} | "
-                         f"{x['peak_rss_mib']:.1f} | {x['kib_per_call']:.1f} |")
+                         f"{x['peak_rss_mib']:.1f} | {x['kib_per_call']:.1f} | {after} |")
     for fh in r.get("firehose", []):
         if "error" in fh:
             continue

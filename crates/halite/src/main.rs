@@ -8,12 +8,14 @@ use clap::{Parser, Subcommand};
 use halite::settings::{self, Overrides};
 use salt_client::config::MasterConfig;
 
-/// `halite --version`: the version, the git revision it was built from and
-/// the Salt releases its tests run against.
+/// `halite --version`: the version, the git revision it was built from, its
+/// memory allocator and the Salt releases its tests run against.
 const VERSION: &str = concat!(
     env!("CARGO_PKG_VERSION"),
     " (git ",
     env!("HALITE_GIT_REV"),
+    "; allocator: ",
+    env!("HALITE_ALLOCATOR"),
     "; tested with Salt 3006, 3007 and 3008, transports zeromq and tcp)"
 );
 
@@ -158,3 +160,15 @@ fn init_tracing(format: LogFormat) -> tracing_appender::non_blocking::WorkerGuar
     }
     guard
 }
+
+/// The release package's allocator (`--features jemalloc`, which
+/// `scripts/package` builds with). glibc's malloc keeps a header beside
+/// every chunk, so the untouched pages of the 8 KiB buffers hyper gives each
+/// HTTP/1.1 connection count as resident, and what a burst of calls
+/// allocated stays resident after it; jemalloc keeps its metadata apart and
+/// gives freed pages back to the system (docs/BENCHMARKS.md, "Which
+/// allocator"). Development builds and the tests use the system's malloc:
+/// jemalloc's C build would take a minute of every CI run.
+#[cfg(feature = "jemalloc")]
+#[global_allocator]
+static GLOBAL: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
