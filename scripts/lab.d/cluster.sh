@@ -313,12 +313,33 @@ cl_ping_all() {
   return 1
 }
 
+# Whether a minion has logged, since its log was `offsets` bytes long, that it
+# cannot decrypt the cluster's messages (see cl_start_cluster).
+cl_minion_cannot_decrypt() { # offsets...
+  local i log off
+  for ((i = 0; i < MINIONS; i++)); do
+    log=$(minion_dir "$i")/root/var/log/salt/minion
+    off=${1:-0}; shift || true
+    [[ -f $log ]] && tail -c +$((off + 1)) "$log" | grep -q "Unable to decrypt message" && return 0
+  done
+  return 1
+}
+
 cl_wait_minions() { # returns 1 (after printing the last answer) if they never all answer
-  local t0=$SECONDS deadline=$((SECONDS + LAB_WAIT))
+  local t0=$SECONDS deadline=$((SECONDS + LAB_WAIT)) offsets=() i
+  for ((i = 0; i < MINIONS; i++)); do
+    offsets+=("$(stat -c %s "$(minion_dir "$i")/root/var/log/salt/minion" 2>/dev/null || echo 0)")
+  done
   until cl_ping_all; do
     if ((SECONDS >= deadline)); then
       echo "$PING_OUT" | tail -n 20 >&2
       log "minion(s) $PING_MISSING did not answer test.ping through the cluster within ${LAB_WAIT}s"
+      return 1
+    fi
+    # The failure of a cold start that never heals: do not wait out LAB_WAIT
+    # for it (no healthy start of the lab has logged it).
+    if ((SECONDS - t0 >= 15)) && cl_minion_cannot_decrypt "${offsets[@]}"; then
+      log "minion(s) $PING_MISSING cannot decrypt the cluster's messages (after $((SECONDS - t0))s)"
       return 1
     fi
     sleep 1
@@ -343,22 +364,24 @@ cl_start_cluster() {
     cl_wait_minions && return 0
     ((attempt == 1)) || break
     log "the cluster did not come up; stopping it and starting again with a new cluster key"
-    cl_stop_all
+    # Its minions are discarded: a minion that cannot decrypt ignored
+    # SIGTERM for the whole 30 s of a normal stop.
+    cl_stop_all 5
     rm -f "$CL_SHARED/pki/cluster.pem" "$CL_SHARED/pki/cluster.pub" \
       "$CL_SHARED/cache/cluster.pem" "$CL_SHARED/cache/cluster.pub"
   done
   die "minion(s) $PING_MISSING did not answer test.ping through the cluster (two starts); see the minion logs under $LAB_DIR"
 }
 
-cl_stop_all() {
-  local i pid pids=() t0=$SECONDS
+cl_stop_all() { # [seconds the minions get to exit before SIGKILL, default 30]
+  local i pid pids=() t0=$SECONDS grace=${1:-30}
   cl_stop_haproxy http
   for ((i = 0; i < CLUSTER_N; i++)); do cl_stop_halite "$i"; done
   for ((i = 0; i < 30; i++)); do
     [[ -d $(minion_dir "$i") ]] || continue
     if pid=$(minion_running "$i"); then pids+=("$pid"); fi
   done
-  ((${#pids[@]} == 0)) || terminate 30 "${pids[@]}"
+  ((${#pids[@]} == 0)) || terminate "$grace" "${pids[@]}"
   for ((i = 0; i < CLUSTER_N; i++)); do cl_stop_master "$i"; done
   cl_stop_haproxy tcp
   local rest; rest=$(lab_pids all)
