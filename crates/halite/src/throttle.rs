@@ -115,10 +115,13 @@ fn address(ip: Option<IpAddr>) -> Option<IpAddr> {
 impl Throttle {
     /// A throttle remembering at most `capacity` keys.
     pub fn new(capacity: usize) -> Throttle {
+        // Bounded, but grown with its keys: `LruCache::new` allocates the
+        // table for every key it may hold up front (~2 MiB for
+        // `MAX_KEYS`), at the first call with credentials.
+        let mut counts = LruCache::unbounded();
+        counts.resize(NonZeroUsize::new(capacity.max(2)).unwrap_or(NonZeroUsize::MIN));
         Throttle {
-            counts: Mutex::new(LruCache::new(
-                NonZeroUsize::new(capacity.max(2)).unwrap_or(NonZeroUsize::MIN),
-            )),
+            counts: Mutex::new(counts),
             hasher: std::collections::hash_map::RandomState::new(),
         }
     }
