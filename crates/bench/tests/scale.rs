@@ -137,3 +137,36 @@ async fn a_streamed_gathering_yields_each_return_once() {
     let outcome = gather.finish();
     assert!(outcome.no_return.is_empty(), "{:?}", outcome.no_return);
 }
+
+/// `encode` for `answer_with`: serde_json's compact writer.
+fn compact(out: &mut Vec<u8>, value: &Json) {
+    serde_json::to_writer(out, value).expect("a Value serialises");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_answer_written_as_text_holds_every_return_once() {
+    const MINIONS: usize = 10_000;
+    let (_nm, master) = spawn_null_master(MINIONS, 2).await;
+    let netapi = Netapi::new(master);
+    let gather = netapi
+        .start_local(ping_all())
+        .await
+        .expect("published")
+        .expect("minions matched");
+    // Returns race the publish reply: some reach the waiter as events
+    // before it has them shaped, the rest shaped by the bus.
+    let text = tokio::time::timeout(Duration::from_secs(300), gather.answer_with(compact))
+        .await
+        .expect("the call ends")
+        .expect("the call succeeds");
+    let answer: serde_json::Map<String, Json> =
+        serde_json::from_slice(&text).expect("the text is a JSON object");
+    assert_eq!(answer.len(), MINIONS, "every minion is in the answer");
+    for i in 0..MINIONS {
+        let id = format!("sim-{i}");
+        assert_eq!(answer.get(&id), Some(&json!(true)), "return of {id}");
+    }
+    // A key written twice would parse into one: count the entries.
+    let entries = text.windows(7).filter(|w| w == b"\": true").count();
+    assert_eq!(entries, MINIONS, "each minion written once");
+}

@@ -4,6 +4,10 @@
 //! from and how bodies and responses are encoded.
 
 use std::collections::VecDeque;
+use std::future::Future;
+use std::pin::Pin;
+
+use futures_util::TryFutureExt;
 
 use salt_client::clients::{Client, Lowstate, Output};
 use salt_client::{redact, ErrorKind};
@@ -11,6 +15,7 @@ use serde_json::Value as Json;
 
 use crate::error::ApiError;
 use crate::metrics::CallLabels;
+use crate::pyjson;
 use crate::state::AppState;
 use crate::throttle::{self, Throttle};
 
@@ -33,10 +38,39 @@ pub fn chunks_from_json(body: Json, allow_single_object: bool) -> Result<Vec<Low
     }
 }
 
+/// One chunk's answer in the `return` list.
+#[derive(Debug)]
+pub enum Answer {
+    Value(Json),
+    /// A synchronous `local` chunk's answer, already written as Python's
+    /// `json.dumps` writes it (see [`run_answers`]).
+    Text(Vec<u8>),
+}
+
 /// Run chunks in order and collect the `return` list, splicing sequence
 /// results (`local_batch`) as rest_cherrypy does. The first failing chunk
 /// fails the request.
 pub async fn run_chunks(state: &AppState, chunks: Vec<Lowstate>) -> Result<Vec<Json>, ApiError> {
+    let answers = run_answers(state, chunks, false).await?;
+    Ok(answers
+        .into_iter()
+        .map(|a| match a {
+            Answer::Value(v) => v,
+            // Only asked for with `text`.
+            Answer::Text(t) => serde_json::from_slice(&t).unwrap_or(Json::Null),
+        })
+        .collect())
+}
+
+/// [`run_chunks`], for a `return` list written in JSON: with `text`, a
+/// synchronous `local` chunk's answer is written as JSON text as its
+/// returns arrive (`Gatherer::answer_with`), never built as a map of them
+/// first; [`crate::response::return_response`] sends it as it is.
+pub async fn run_answers(
+    state: &AppState,
+    chunks: Vec<Lowstate>,
+    text: bool,
+) -> Result<Vec<Answer>, ApiError> {
     // Nothing of the list is held while a chunk waits for its job: the
     // answers are gathered after it, and the list's buffer goes with its
     // last chunk (most calls have one).
@@ -81,10 +115,15 @@ pub async fn run_chunks(state: &AppState, chunks: Vec<Lowstate>) -> Result<Vec<J
         // Both boxed: this future, which every waiting call holds, keeps a
         // pointer instead of room for the larger of the two.
         let result = if chunk.get("client").and_then(Json::as_str) == Some("local") {
-            Box::pin(run_local(state, chunk)).await
+            Box::pin(run_local(state, chunk, text)).await
         } else {
             let call = Box::pin(state.netapi.run(chunk));
-            Box::pin(state.shutdown.or_cut(None, call)).await
+            Box::pin(state.shutdown.or_cut(None, call))
+                .await
+                .map(|output| match output {
+                    Output::One(v) => Ran::One(v),
+                    Output::Many(vs) => Ran::Many(vs),
+                })
         };
         if let Some(attempt) = attempt {
             match &result {
@@ -101,8 +140,9 @@ pub async fn run_chunks(state: &AppState, chunks: Vec<Lowstate>) -> Result<Vec<J
             .metrics
             .observe_call(CallLabels { client, outcome }, started.elapsed());
         match result? {
-            Output::One(v) => out.push(v),
-            Output::Many(vs) => out.extend(vs),
+            Ran::One(v) => out.push(Answer::Value(v)),
+            Ran::Many(vs) => out.extend(vs.into_iter().map(Answer::Value)),
+            Ran::Text(t) => out.push(Answer::Text(t)),
         }
     }
     Ok(out)
@@ -127,28 +167,41 @@ fn outcome_label(kind: ErrorKind) -> &'static str {
     }
 }
 
+/// What a chunk ran to: a client's output, or a `local` answer's text.
+enum Ran {
+    One(Json),
+    Many(Vec<Json>),
+    Text(Vec<u8>),
+}
+
 /// A synchronous `local` chunk, answered as `Netapi::run` answers it
-/// (`Gatherer::answer`), or cut short with its jid when the grace period
-/// of a shutdown is over. Its own future is about half of `Netapi::run`'s,
-/// which holds room for the largest of every client's: at 10,000 calls in
-/// flight, ~2 KiB less per call.
+/// (`Gatherer::answer`; with `text`, its JSON text, `Gatherer::answer_with`),
+/// or cut short with its jid when the grace period of a shutdown is over.
+/// Its own future is about half of `Netapi::run`'s, which holds room for the
+/// largest of every client's: at 10,000 calls in flight, ~2 KiB less per
+/// call.
 async fn run_local(
     state: &AppState,
     mut chunk: Lowstate,
-) -> Result<Output, salt_client::SaltError> {
+    text: bool,
+) -> Result<Ran, salt_client::SaltError> {
     let cut = &state.shutdown;
     let jid = assign_jid(&state.netapi, &mut chunk);
     // The gatherer moves into its boxed answer inside this block: kept in a
     // `match` on the publish, it (and the `?` temporary) would stay in this
     // future, unused, while the call waits (~1.5 KiB per call).
-    let answer = {
+    let answer: Pin<Box<dyn Future<Output = Result<Ran, salt_client::SaltError>> + Send>> = {
         let started = cut.or_cut(Some(&jid), Box::pin(state.netapi.start_local(chunk)));
         let Some(gather) = started.await? else {
-            return Ok(Output::One(Json::Object(serde_json::Map::new())));
+            return Ok(Ran::One(Json::Object(serde_json::Map::new())));
         };
-        Box::pin(gather.answer())
+        if text {
+            Box::pin(gather.answer_with(pyjson::write).map_ok(Ran::Text))
+        } else {
+            Box::pin(gather.answer().map_ok(Ran::One))
+        }
     };
-    Ok(Output::One(cut.or_cut(Some(&jid), answer).await?))
+    cut.or_cut(Some(&jid), answer).await
 }
 
 /// The jid of a `local` chunk: the caller's, or a new one halite puts in

@@ -239,15 +239,16 @@ impl Metrics {
 
 /// Keep `bus_lag` current: about once a second, take the next event off
 /// the bus and compare its `_stamp` (the master's UTC time when it fired
-/// the event) with the clock. Subscribing only for one event at a time
-/// keeps the cost at one decode per second whatever the event rate.
+/// the event) with the clock. Asking for one event at a time keeps the cost
+/// at one decode per second whatever the event rate (a whole-stream
+/// subscription would have the bus queue every event for it meanwhile).
 pub async fn watch_bus_lag(master: Master, metrics: Arc<Metrics>) {
     let mut tick = tokio::time::interval(Duration::from_secs(1));
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
-        let mut rx = master.bus().subscribe_all();
-        let Ok(Ok(event)) = tokio::time::timeout(Duration::from_secs(1), rx.recv()).await else {
+        let next = master.bus().next_event();
+        let Ok(Some(event)) = tokio::time::timeout(Duration::from_secs(1), next).await else {
             continue;
         };
         let stamp = event

@@ -88,6 +88,14 @@ pub fn to_vec<T: Serialize + ?Sized>(value: &T) -> serde_json::Result<Vec<u8>> {
     Ok(out)
 }
 
+/// Append `value` to `out` as Python's `json.dumps(value)` would write it.
+pub fn write(out: &mut Vec<u8>, value: &serde_json::Value) {
+    let mut ser = serde_json::Serializer::with_formatter(out, PythonFormatter);
+    // A `Value`'s keys are strings and a `Vec` takes every write: this
+    // cannot fail.
+    let _ = value.serialize(&mut ser);
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

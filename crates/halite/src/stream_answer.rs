@@ -84,22 +84,37 @@ impl Kind {
 
     /// One object as a line (`event` names it for SSE).
     fn frame(self, event: &str, value: &Json) -> Bytes {
-        let text = pyjson::to_vec(value).unwrap_or_else(|_| b"null".to_vec());
-        let mut out = Vec::with_capacity(text.len() + event.len() + 16);
+        let mut out = Vec::new();
+        self.write_frame(&mut out, event, |out| pyjson::write(out, value));
+        Bytes::from(out)
+    }
+
+    /// A minion's return as a line: `{"id": <id>, "return": <value>}`.
+    fn write_return(self, out: &mut Vec<u8>, id: &str, value: &Json) {
+        self.write_frame(out, "return", |out| {
+            out.extend_from_slice(b"{\"id\": ");
+            pyjson::write(out, &Json::String(id.to_owned()));
+            out.extend_from_slice(b", \"return\": ");
+            pyjson::write(out, value);
+            out.push(b'}');
+        });
+    }
+
+    /// The framing around the JSON text `write` appends to `out`.
+    fn write_frame(self, out: &mut Vec<u8>, event: &str, write: impl FnOnce(&mut Vec<u8>)) {
         match self {
             Kind::Ndjson => {
-                out.extend_from_slice(&text);
+                write(out);
                 out.push(b'\n');
             }
             Kind::EventStream => {
                 out.extend_from_slice(b"event: ");
                 out.extend_from_slice(event.as_bytes());
                 out.extend_from_slice(b"\ndata: ");
-                out.extend_from_slice(&text);
+                write(out);
                 out.extend_from_slice(b"\n\n");
             }
         }
-        Bytes::from(out)
     }
 }
 
@@ -153,7 +168,12 @@ pub async fn answer(app: &AppState, mut chunk: Lowstate, kind: Kind) -> Result<R
         let shutdown = shutdown.clone();
         async move {
             match phase {
-                Phase::Start(Some(g)) => {
+                Phase::Start(Some(mut g)) => {
+                    // The bus writes each return's line as it arrives: a
+                    // burst of returns waits as lines, not as events.
+                    g.write_returns(move |out: &mut Vec<u8>, id: &str, value: &Json| {
+                        kind.write_return(out, id, value)
+                    });
                     Some((Ok::<_, std::io::Error>(first), Phase::Returns(g, 0)))
                 }
                 Phase::Start(None) => {
@@ -165,7 +185,10 @@ pub async fn answer(app: &AppState, mut chunk: Lowstate, kind: Kind) -> Result<R
                 }
                 Phase::Returns(mut g, returned) => match shutdown
                     .or_cut(None, async {
-                        Ok::<_, salt_client::SaltError>(g.next().await)
+                        let line = |out: &mut Vec<u8>, id: &str, value: &Json| {
+                            kind.write_return(out, id, value)
+                        };
+                        Ok::<_, salt_client::SaltError>(g.next_text(&line).await)
                     })
                     .await
                 {
@@ -176,11 +199,7 @@ pub async fn answer(app: &AppState, mut chunk: Lowstate, kind: Kind) -> Result<R
                             "interrupted": true, "error": error});
                         Some((Ok(kind.frame("done", &done)), Phase::Over))
                     }
-                    Ok(Some((id, ev))) => {
-                        let value = g.job().shape(ev.data(), g.jid());
-                        let line = kind.frame("return", &json!({"id": id, "return": value}));
-                        Some((Ok(line), Phase::Returns(g, returned + 1)))
-                    }
+                    Ok(Some((_, line))) => Some((Ok(line), Phase::Returns(g, returned + 1))),
                     Ok(None) if g.interrupted() => {
                         // The master went away mid-call: no `no_return`
                         // (nobody knows who will still return), the jid to

@@ -21,7 +21,7 @@ use tower::{Layer, Service};
 use crate::body::read_body;
 use crate::error::ApiError;
 use crate::lowstate;
-use crate::response::json_response;
+use crate::response::{json_response, return_response};
 use crate::state::AppState;
 
 /// The rest_wsgi surface as one tower service: the health routes by path
@@ -127,8 +127,8 @@ fn handle(state: AppState, req: Request) -> impl Future<Output = Result<Response
             .map_err(|e| ApiError::bad_request(format!("The body is not valid JSON: {e}")))?;
         drop(bytes);
         let chunks = lowstate::chunks_from_json(parsed, false)?;
-        let ret = lowstate::run_chunks(&state, chunks).await?;
-        Ok(json_response(StatusCode::OK, &json!({"return": ret})))
+        let ret = lowstate::run_answers(&state, chunks, true).await?;
+        Ok(return_response(StatusCode::OK, ret))
     }
 }
 

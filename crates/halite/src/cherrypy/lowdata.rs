@@ -45,10 +45,37 @@ impl FromRequest<CpState> for Lowdata {
 /// (`exec_lowstate`).
 pub async fn exec(
     state: &CpState,
-    mut chunks: Vec<Lowstate>,
+    chunks: Vec<Lowstate>,
     token: Option<&str>,
     client: Option<&str>,
 ) -> Result<Vec<Json>, ApiError> {
+    lowstate::run_chunks(&state.app, with_session(chunks, token, client)).await
+}
+
+/// [`exec`], answered in `fmt`: in JSON, a synchronous `local` chunk's
+/// answer is written once, as its returns arrive (`lowstate::run_answers`).
+async fn exec_answer(
+    state: &CpState,
+    fmt: Format,
+    chunks: Vec<Lowstate>,
+    token: Option<&str>,
+) -> Result<Response, ApiError> {
+    let chunks = with_session(chunks, token, None);
+    if fmt == Format::Json {
+        let ret = lowstate::run_answers(&state.app, chunks, true).await?;
+        Ok(crate::response::return_response(StatusCode::OK, ret))
+    } else {
+        let ret = lowstate::run_chunks(&state.app, chunks).await?;
+        Ok(fmt.ok(&json!({"return": ret})))
+    }
+}
+
+/// The chunks with the session token and/or a forced client.
+fn with_session(
+    mut chunks: Vec<Lowstate>,
+    token: Option<&str>,
+    client: Option<&str>,
+) -> Vec<Lowstate> {
     for chunk in &mut chunks {
         if let Some(t) = token {
             chunk.insert("token".into(), json!(t));
@@ -57,7 +84,7 @@ pub async fn exec(
             chunk.insert("client".into(), json!(c));
         }
     }
-    lowstate::run_chunks(&state.app, chunks).await
+    chunks
 }
 
 fn low(v: Json) -> Lowstate {
@@ -84,8 +111,7 @@ pub async fn index_post(
     Session(token): Session,
     Lowdata(chunks): Lowdata,
 ) -> Result<Response, ApiError> {
-    let ret = exec(&state, chunks, Some(&token), None).await?;
-    Ok(fmt.ok(&json!({"return": ret})))
+    exec_answer(&state, fmt, chunks, Some(&token)).await
 }
 
 /// `POST /run`: lowstates with their own credentials, bypassing sessions.
@@ -94,8 +120,7 @@ pub async fn run(
     fmt: Format,
     Lowdata(chunks): Lowdata,
 ) -> Result<Response, ApiError> {
-    let ret = exec(&state, chunks, None, None).await?;
-    Ok(fmt.ok(&json!({"return": ret})))
+    exec_answer(&state, fmt, chunks, None).await
 }
 
 /// `GET /minions[/<id>]`: grains of the targeted minions.
@@ -107,8 +132,7 @@ pub async fn minions(
 ) -> Result<Response, ApiError> {
     let tgt = mid.map(|Path(m)| m).unwrap_or_else(|| "*".into());
     let chunk = low(json!({"client": "local", "tgt": tgt, "fun": "grains.items"}));
-    let ret = exec(&state, vec![chunk], Some(&token), None).await?;
-    Ok(fmt.ok(&json!({"return": ret})))
+    exec_answer(&state, fmt, vec![chunk], Some(&token)).await
 }
 
 /// `POST /minions`: start jobs (`local_async`), 202 with links to `/jobs`.

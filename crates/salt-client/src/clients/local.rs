@@ -8,6 +8,7 @@ use indexmap::IndexMap;
 use std::future::Future;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::future::Either;
 use rmpv::Value as Mp;
 use serde_json::{json, Map, Value as Json};
@@ -16,7 +17,7 @@ use tokio::time::Instant;
 use super::Low;
 use crate::args::{condition_input, secs};
 use crate::error::{Result, SaltError};
-use crate::events::{Event, JidSubscription};
+use crate::events::{Delivery, Event, JidSubscription, Shaped};
 use crate::master::Master;
 use crate::{targeting, value};
 
@@ -182,7 +183,7 @@ impl LocalJob {
                 self.published(),
                 master.clone(),
                 sub,
-                &reply,
+                reply,
             )))
         }
     }
@@ -215,7 +216,7 @@ impl LocalJob {
         reply: &PubReply,
         mut on_return: impl FnMut(&str, &Json),
     ) -> Collected {
-        let mut gather = Gatherer::new(self.published(), master.clone(), sub, reply);
+        let mut gather = Gatherer::new(self.published(), master.clone(), sub, reply.clone());
         while let Some((id, ev)) = gather.next().await {
             on_return(&id, ev.data());
         }
@@ -245,6 +246,14 @@ impl Expected {
     fn expect(&mut self, id: &str) {
         if !self.minions.contains_key(id) {
             self.minions.insert(id.to_owned(), Status::default());
+            self.pending += 1;
+        }
+    }
+
+    /// [`Expected::expect`], keeping `id` itself.
+    fn expect_owned(&mut self, id: String) {
+        if let indexmap::map::Entry::Vacant(e) = self.minions.entry(id) {
+            e.insert(Status::default());
             self.pending += 1;
         }
     }
@@ -337,7 +346,7 @@ pub struct Gatherer {
 }
 
 enum Step {
-    Main(Option<std::sync::Arc<Event>>),
+    Main(Option<Delivery>),
     Probe(Option<std::sync::Arc<Event>>),
     Timeout,
     BusLost,
@@ -346,10 +355,11 @@ enum Step {
 impl Gatherer {
     /// Gather the returns of `reply` (the master's answer to the publish
     /// whose events `sub` receives).
-    pub fn new(job: Published, master: Master, sub: JidSubscription, reply: &PubReply) -> Self {
+    pub fn new(job: Published, master: Master, sub: JidSubscription, reply: PubReply) -> Self {
         let mut expected = Expected::default();
-        for m in &reply.minions {
-            expected.expect(m);
+        expected.minions.reserve(reply.minions.len());
+        for m in reply.minions {
+            expected.expect_owned(m);
         }
         for m in &reply.missing {
             expected.mark_missing(m);
@@ -362,7 +372,7 @@ impl Gatherer {
             job,
             master,
             sub,
-            jid: reply.jid.clone(),
+            jid: reply.jid,
             expected,
             deadline,
             probe: None,
@@ -405,6 +415,19 @@ impl Gatherer {
     /// when every expected minion returned or the waiting is over.
     pub async fn next(&mut self) -> Option<(String, std::sync::Arc<Event>)> {
         loop {
+            match self.next_delivery().await? {
+                (id, Delivery::Event(ev)) => return Some((id, ev)),
+                // Written by the bus: only after `write_returns`, whose
+                // caller reads `next_text` (see there).
+                (_, Delivery::Shaped(_)) => continue,
+            }
+        }
+    }
+
+    /// The next minion's return, as an event or shaped by the bus (see
+    /// [`JidSubscription::shape_returns`]).
+    async fn next_delivery(&mut self) -> Option<(String, Delivery)> {
+        loop {
             if self.done {
                 return None;
             }
@@ -414,12 +437,12 @@ impl Gatherer {
             }
             let step = match self.probe.as_mut() {
                 None => tokio::select! {
-                    ev = self.sub.recv() => Step::Main(ev),
+                    ev = self.sub.recv_delivery() => Step::Main(ev),
                     _ = tokio::time::sleep_until(self.deadline) => Step::Timeout,
                     _ = &mut self.bus_lost => Step::BusLost,
                 },
                 Some(probe) => tokio::select! {
-                    ev = self.sub.recv() => Step::Main(ev),
+                    ev = self.sub.recv_delivery() => Step::Main(ev),
                     ev = probe.sub.recv() => Step::Probe(ev),
                     _ = tokio::time::sleep_until(probe.deadline) => Step::Timeout,
                     _ = &mut self.bus_lost => Step::BusLost,
@@ -438,13 +461,19 @@ impl Gatherer {
                     self.done = true;
                     return None;
                 }
-                Step::Main(Some(ev)) => {
-                    let id = self.handle(&ev);
+                Step::Main(Some(delivery)) => {
+                    let id = match &delivery {
+                        Delivery::Event(ev) => self.handle(ev),
+                        Delivery::Shaped(s) => self
+                            .expected
+                            .mark_returned(s.id())
+                            .then(|| s.id().to_owned()),
+                    };
                     if self.probe.is_some() && self.expected.pending == 0 {
                         self.end_probe();
                     }
                     if let Some(id) = id {
-                        return Some((id, ev));
+                        return Some((id, delivery));
                     }
                 }
                 Step::Probe(None) => self.end_probe(),
@@ -503,19 +532,120 @@ impl Gatherer {
             while let Some((id, ev)) = self.next().await {
                 out.insert(id, self.job.shape(ev.data(), &self.jid));
             }
-            if self.interrupted {
-                return Err(self.interrupted_error());
-            }
-            let job = self.job.clone();
-            let master = self.master.clone();
-            let jid = self.jid.clone();
-            let outcome = self.finish();
-            for id in outcome.no_return {
-                let missing = outcome.missing.contains(&id);
-                out.insert(id, job.no_return_value(&master, &jid, missing));
-            }
+            out.extend(self.no_returns()?);
             Ok(Json::Object(out))
         }
+    }
+
+    /// Have each return written as text by `write(out, id, value)` (the
+    /// value shaped as `cmd` reports it), by the bus as it arrives: its
+    /// waiter then has the text queued, not the event (frame, tag, decoded
+    /// data), so a job whose 10,000 returns arrive at once costs its
+    /// answer's text while it waits, not its events. Read them with
+    /// [`Gatherer::next_text`] from then on: [`Gatherer::next`] yields
+    /// events only, and skips returns the bus has written.
+    pub fn write_returns<W>(&mut self, write: W)
+    where
+        W: Fn(&mut Vec<u8>, &str, &Json) + Send + Sync + 'static,
+    {
+        let full_return = self.job.full_return;
+        self.sub.shape_returns(Box::new(move |ev| {
+            // Not `ev.data()`: the event may also sit in a whole-stream
+            // queue, which would then keep its decoded data too.
+            let data = ev.data_once();
+            let id = return_id(&ev.tag, &data)?;
+            let value = shape(full_return, &data, ev.jid()?);
+            Shaped::new(id, |out| write(out, id, &value))
+        }));
+    }
+
+    /// The next minion's return as the text `write` makes of it: written by
+    /// the bus (see [`Gatherer::write_returns`], given the same `write`),
+    /// or here for a return that was queued as an event before.
+    pub async fn next_text(
+        &mut self,
+        write: &(impl Fn(&mut Vec<u8>, &str, &Json) + Sync),
+    ) -> Option<(String, Bytes)> {
+        let (id, delivery) = self.next_delivery().await?;
+        let text = match delivery {
+            Delivery::Shaped(s) => s.into_text(),
+            Delivery::Event(ev) => {
+                let mut text = Vec::new();
+                write(&mut text, &id, &self.job.shape(ev.data(), &self.jid));
+                Bytes::from(text)
+            }
+        };
+        Some((id, text))
+    }
+
+    /// The synchronous `local` answer as JSON text, written once: what
+    /// [`Gatherer::answer`] gathers, in the same order, every key and value
+    /// written by `encode` (which appends one JSON value's text), and no
+    /// map of the returns built first. Returns are written by the bus as
+    /// they arrive ([`Gatherer::write_returns`]).
+    ///
+    /// The text is bounded like the queue it comes from: past
+    /// [`JID_RETURN_BYTES`](crate::events::JID_RETURN_BYTES) (returns from
+    /// minions that were never targeted, fired to grow it) the rest is left
+    /// out, with a warning.
+    #[allow(clippy::manual_async_fn)] // on purpose: see `answer`
+    pub fn answer_with(
+        mut self,
+        encode: fn(&mut Vec<u8>, &Json),
+    ) -> impl Future<Output = Result<Vec<u8>>> + Send {
+        async move {
+            let entry = move |out: &mut Vec<u8>, id: &str, value: &Json| {
+                encode(out, &Json::String(id.to_owned()));
+                out.extend_from_slice(b": ");
+                encode(out, value);
+            };
+            self.write_returns(entry);
+            let mut out = vec![b'{'];
+            let mut cut = false;
+            while let Some((_, text)) = self.next_text(&entry).await {
+                if out.len() > crate::events::JID_RETURN_BYTES {
+                    cut = true;
+                    continue;
+                }
+                if out.len() > 1 {
+                    out.extend_from_slice(b", ");
+                }
+                out.extend_from_slice(&text);
+            }
+            if cut {
+                tracing::warn!(jid = %self.jid, "the answer was cut at its size bound");
+            }
+            for (id, value) in self.no_returns()? {
+                if out.len() > 1 {
+                    out.extend_from_slice(b", ");
+                }
+                entry(&mut out, &id, &value);
+            }
+            out.push(b'}');
+            Ok(out)
+        }
+    }
+
+    /// How an answer ends: an error naming the jid if the master went away
+    /// mid-call, otherwise the minions that did not return, each with what
+    /// `cmd` reports for it.
+    fn no_returns(self) -> Result<Vec<(String, Json)>> {
+        if self.interrupted {
+            return Err(self.interrupted_error());
+        }
+        let job = self.job.clone();
+        let master = self.master.clone();
+        let jid = self.jid.clone();
+        let outcome = self.finish();
+        Ok(outcome
+            .no_return
+            .into_iter()
+            .map(|id| {
+                let missing = outcome.missing.contains(&id);
+                let value = job.no_return_value(&master, &jid, missing);
+                (id, value)
+            })
+            .collect())
     }
 
     /// What the gathering ended with: who never returned, who is missing.
@@ -558,14 +688,9 @@ impl Gatherer {
                 }
             }
             None
-        } else if ev.tag.contains("/ret/") && data.get("return").is_some() {
-            let id = match data.get("id").and_then(Json::as_str) {
-                Some(id) => id,
-                None => ev.tag.rsplit('/').next().unwrap_or_default(),
-            };
-            self.expected.mark_returned(id).then(|| id.to_owned())
         } else {
-            None
+            let id = return_id(&ev.tag, data)?;
+            self.expected.mark_returned(id).then(|| id.to_owned())
         }
     }
 
@@ -613,6 +738,18 @@ impl Gatherer {
             self.deadline = Instant::now() + secs(self.job.timeout);
         }
     }
+}
+
+/// The minion a `local` job's return event (`tag`, `data`) is from, if it
+/// is one: its `id`, or the last part of its tag.
+fn return_id<'a>(tag: &'a str, data: &'a Json) -> Option<&'a str> {
+    if !tag.contains("/ret/") || data.get("return").is_none() {
+        return None;
+    }
+    Some(match data.get("id").and_then(Json::as_str) {
+        Some(id) => id,
+        None => tag.rsplit('/').next().unwrap_or_default(),
+    })
 }
 
 /// What a [`Gatherer`] keeps of its [`LocalJob`] once the job is published:
@@ -741,24 +878,18 @@ pub async fn publish(
         ("kwargs", kwargs),
     ]);
     let reply = master.request(load, secs(timeout.max(1.0))).await?;
-    let reply = value::to_json(&reply);
+    // Read from the msgpack reply directly: for 10,000 minions a JSON copy
+    // of it would be another ~0.5 MiB while the returns arrive.
     let strings = |key: &str| -> Vec<String> {
-        reply
-            .get(key)
-            .and_then(Json::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Json::as_str)
-                    .map(str::to_owned)
-                    .collect()
-            })
-            .unwrap_or_default()
+        match value::get(&reply, key) {
+            Some(Mp::Array(a)) => a.iter().filter_map(Mp::as_str).map(str::to_owned).collect(),
+            _ => Vec::new(),
+        }
     };
     let minions = strings("minions");
     let missing = strings("missing");
-    let jid = reply
-        .get("jid")
-        .and_then(Json::as_str)
+    let jid = value::get(&reply, "jid")
+        .and_then(Mp::as_str)
         .unwrap_or_default()
         .to_owned();
     if jid.is_empty() && minions.is_empty() {
@@ -771,7 +902,8 @@ pub async fn publish(
     }
     if jid.is_empty() {
         return Err(SaltError::Master(format!(
-            "the Salt master answered the publish without a jid: {reply}"
+            "the Salt master answered the publish without a jid: {}",
+            value::to_json(&reply)
         )));
     }
     Ok(PubReply {

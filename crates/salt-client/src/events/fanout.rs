@@ -18,6 +18,60 @@ impl Drop for Waiter {
     }
 }
 
+/// A return the bus shaped for its waiter the moment it arrived (see
+/// [`JidSubscription::shape_returns`]): the minion id, and the text the
+/// waiter's answer holds for it, in one allocation. The event itself (its
+/// frame, tag and decoded data) is gone by then.
+#[derive(Debug)]
+pub struct Shaped {
+    /// The id's bytes, then the text's.
+    bytes: Box<[u8]>,
+    id_len: u32,
+}
+
+impl Shaped {
+    /// The return of `id`, its text what `write` appends.
+    pub fn new(id: &str, write: impl FnOnce(&mut Vec<u8>)) -> Option<Self> {
+        let id_len = u32::try_from(id.len()).ok()?;
+        let mut bytes = id.as_bytes().to_vec();
+        write(&mut bytes);
+        Some(Shaped {
+            bytes: bytes.into_boxed_slice(),
+            id_len,
+        })
+    }
+
+    /// The minion that returned.
+    pub fn id(&self) -> &str {
+        // Written from a `&str` in `new`.
+        std::str::from_utf8(&self.bytes[..self.id_len as usize]).unwrap_or_default()
+    }
+
+    /// Its text, without a copy.
+    pub fn into_text(self) -> Bytes {
+        Bytes::from(self.bytes).slice(self.id_len as usize..)
+    }
+
+    fn len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+/// What a jid waiter receives: an event, or a return shaped on arrival.
+#[derive(Debug)]
+pub enum Delivery {
+    Event(Arc<Event>),
+    Shaped(Shaped),
+}
+
+/// How a waiter has its returns shaped on arrival: `None` leaves the event
+/// to be queued as it is.
+pub type Shaper = Box<dyn Fn(&Event) -> Option<Shaped> + Send + Sync>;
+
+/// What a shaped return is charged besides its id and text (its queue
+/// slot and allocation).
+pub(super) const SHAPED_OVERHEAD: usize = 48;
+
 /// A jid waiter's queue: the events dispatched to it and not yet received,
 /// within its bounds.
 ///
@@ -27,8 +81,10 @@ impl Drop for Waiter {
 /// counters) where this takes ~150, and a few pointers once returns arrive.
 #[derive(Default)]
 pub(super) struct Inbox {
-    events: Mutex<VecDeque<Arc<Event>>>,
+    pub(super) events: Mutex<VecDeque<Delivery>>,
     arrived: tokio::sync::Notify,
+    /// Set by a waiter that wants its returns shaped by the bus.
+    shaper: OnceLock<Shaper>,
     /// The waiter is gone from the bus (unregistered, or the bus dropped).
     closed: AtomicBool,
     pub(super) others: AtomicUsize,
@@ -38,33 +94,48 @@ pub(super) struct Inbox {
 }
 
 impl Inbox {
-    /// Queue `event` for the waiter, if it fits its bounds.
+    /// Queue `event` for the waiter, if it fits its bounds; a return is
+    /// shaped first when the waiter asked for it.
     pub(super) fn deliver(&self, event: &Arc<Event>) {
-        if self.admit(event) {
-            self.events
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .push_back(event.clone());
-            self.arrived.notify_one();
-        }
+        let shaped = match self.shaper.get() {
+            Some(shape) if is_return_tag(&event.tag) => shape(event),
+            _ => None,
+        };
+        let delivery = match shaped {
+            Some(s) if self.admit_return(Self::shaped_cost(&s)) => Delivery::Shaped(s),
+            Some(_) => return,
+            None if self.admit(event) => Delivery::Event(event.clone()),
+            None => return,
+        };
+        self.events
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push_back(delivery);
+        self.arrived.notify_one();
     }
 
-    /// The next queued event; `None` once the waiter is gone from the bus
-    /// and nothing is left.
-    async fn next(&self) -> Option<Arc<Event>> {
+    /// The next queued delivery; `None` once the waiter is gone from the
+    /// bus and nothing is left.
+    async fn next(&self) -> Option<Delivery> {
         loop {
             // `closed` is read before the queue: an event delivered before
             // the waiter was dropped is still received.
             let closed = self.closed.load(Ordering::Acquire);
-            let event = self
+            let delivery = self
                 .events
                 .lock()
                 .unwrap_or_else(|p| p.into_inner())
                 .pop_front();
-            match event {
-                Some(ev) => {
-                    self.release(&ev);
-                    return Some(ev);
+            match delivery {
+                Some(d) => {
+                    match &d {
+                        Delivery::Event(ev) => self.release(ev),
+                        Delivery::Shaped(s) => {
+                            self.return_bytes
+                                .fetch_sub(Self::shaped_cost(s), Ordering::Relaxed);
+                        }
+                    }
+                    return Some(d);
                 }
                 None if closed => return None,
                 // A delivery between the check and here left a permit:
@@ -72,6 +143,10 @@ impl Inbox {
                 None => self.arrived.notified().await,
             }
         }
+    }
+
+    fn shaped_cost(shaped: &Shaped) -> usize {
+        shaped.len() + SHAPED_OVERHEAD
     }
 
     /// What `event` is charged against the bounds: (others, return bytes).
@@ -86,25 +161,35 @@ impl Inbox {
     /// Reserve room for `event`; `false` (and the waiter marked as having
     /// lost an event) when it does not fit.
     pub(super) fn admit(&self, event: &Event) -> bool {
-        let (others, bytes) = Self::cost(event);
-        let fits = if bytes > 0 {
-            self.return_bytes
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
-                    (used + bytes <= JID_RETURN_BYTES).then_some(used + bytes)
-                })
-                .is_ok()
-        } else {
-            self.others
-                .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
-                    (used + others <= JID_QUEUE).then_some(used + others)
-                })
-                .is_ok()
-        };
+        match Self::cost(event) {
+            (0, bytes) => self.admit_return(bytes),
+            (others, _) => {
+                let fits = self
+                    .others
+                    .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                        (used + others <= JID_QUEUE).then_some(used + others)
+                    })
+                    .is_ok();
+                if !fits {
+                    self.lost.store(true, Ordering::Relaxed);
+                }
+                fits
+            }
+        }
+    }
+
+    /// Reserve `bytes` of the return bound; `false` (and the waiter marked
+    /// as having lost a return) when they do not fit.
+    fn admit_return(&self, bytes: usize) -> bool {
+        let fits = self
+            .return_bytes
+            .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
+                (used + bytes <= JID_RETURN_BYTES).then_some(used + bytes)
+            })
+            .is_ok();
         if !fits {
             self.lost.store(true, Ordering::Relaxed);
-            if bytes > 0 {
-                self.lost_returns.store(true, Ordering::Relaxed);
-            }
+            self.lost_returns.store(true, Ordering::Relaxed);
         }
         fits
     }
@@ -152,6 +237,9 @@ pub(super) struct Shared {
     pub(super) pusher: tokio::sync::Mutex<Option<(u64, Box<dyn Stream>)>>,
     pub(super) generation: AtomicU64,
     pub(super) events_seen: AtomicU64,
+    /// Callers of [`EventBus::next_event`], and whether there are any.
+    pub(super) next_event: Mutex<Vec<tokio::sync::oneshot::Sender<Arc<Event>>>>,
+    pub(super) next_wanted: AtomicBool,
 }
 
 /// The events of one jid, in arrival order. Dropping it unregisters.
@@ -165,7 +253,29 @@ pub struct JidSubscription {
 impl JidSubscription {
     /// The next event, or `None` when the bus handle is gone.
     pub async fn recv(&mut self) -> Option<Arc<Event>> {
+        loop {
+            // Shaped returns only reach a waiter that asked for them
+            // (`shape_returns`), and such a waiter reads `recv_delivery`.
+            if let Delivery::Event(ev) = self.queue.next().await? {
+                return Some(ev);
+            }
+        }
+    }
+
+    /// The next event or shaped return, or `None` when the bus handle is
+    /// gone.
+    pub async fn recv_delivery(&mut self) -> Option<Delivery> {
         self.queue.next().await
+    }
+
+    /// Have the bus shape this waiter's returns (`.../ret/...` events) with
+    /// `shaper` as they arrive, on the bus's task, and queue what it makes
+    /// of them instead of the events: a job whose 10,000 returns arrive at
+    /// once then has their answer's entries queued, not 10,000 frames and
+    /// events. Returns queued before this call stay events. `false` if a
+    /// shaper was already set.
+    pub fn shape_returns(&self, shaper: Shaper) -> bool {
+        self.queue.shaper.set(shaper).is_ok()
     }
 
     /// Whether any event for this jid was dropped because the queue was full.
@@ -232,6 +342,13 @@ pub(super) fn dispatch(shared: &Shared, event: Event) {
                     }
                 }
             }
+        }
+    }
+    if shared.next_wanted.swap(false, Ordering::AcqRel) {
+        let waiting =
+            std::mem::take(&mut *shared.next_event.lock().unwrap_or_else(|p| p.into_inner()));
+        for tx in waiting {
+            let _ = tx.send(event.clone());
         }
     }
     if shared.stream.receiver_count() > 0 {

@@ -39,8 +39,8 @@ mod socket;
 #[cfg(test)]
 mod tests;
 
-pub use fanout::JidSubscription;
 use fanout::*;
+pub use fanout::{Delivery, JidSubscription, Shaped, Shaper};
 pub use frame::*;
 use socket::*;
 pub use socket::{endpoints, Endpoint};
@@ -92,6 +92,20 @@ impl Event {
                 Ok(v) => v,
                 Err(_) => Json::Object(Default::default()),
             })
+    }
+
+    /// The event data as JSON, without keeping it: decoded again unless
+    /// [`Event::data`] has been called. For the bus's own use of an event
+    /// that others may keep (a whole-stream queue), so they do not hold
+    /// its decoded data as well as its frame.
+    pub fn data_once(&self) -> std::borrow::Cow<'_, Json> {
+        match self.data.get() {
+            Some(data) => std::borrow::Cow::Borrowed(data),
+            None => std::borrow::Cow::Owned(
+                value::decode_to_json(&self.raw)
+                    .unwrap_or_else(|_| Json::Object(Default::default())),
+            ),
+        }
     }
 
     /// The jid this event belongs to, from its tag.
@@ -155,6 +169,8 @@ impl EventBus {
             pusher: tokio::sync::Mutex::new(None),
             generation: AtomicU64::new(0),
             events_seen: AtomicU64::new(0),
+            next_event: Mutex::new(Vec::new()),
+            next_wanted: AtomicBool::new(false),
         });
         tokio::spawn(run(Arc::downgrade(&shared)));
         EventBus { shared }
@@ -215,6 +231,26 @@ impl EventBus {
             1
         };
         self.shared.stamp_style.store(style, Ordering::Relaxed);
+    }
+
+    /// The next event the bus receives; `None` if the bus is dropped
+    /// first. Unlike a whole-stream subscription, whose queue keeps every
+    /// event until its slowest receiver has seen it, this costs the bus
+    /// nothing once it has resolved (a sampler such as the bus-lag metric).
+    pub fn next_event(&self) -> impl std::future::Future<Output = Option<Arc<Event>>> + Send {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut waiting = self
+            .shared
+            .next_event
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        // Callers that gave up (a timeout) are forgotten here, so a bus
+        // that stays quiet does not collect them.
+        waiting.retain(|tx| !tx.is_closed());
+        waiting.push(tx);
+        self.shared.next_wanted.store(true, Ordering::Release);
+        drop(waiting);
+        async move { rx.await.ok() }
     }
 
     /// Receive every event from now on (bounded; a receiver that falls behind

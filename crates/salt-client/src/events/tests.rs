@@ -265,3 +265,130 @@ fn garbage_prefixed_length_is_an_error_not_an_allocation() {
     d.extend(&[0x7f, 0xff, 0xff, 0xff, 0x00]);
     assert!(d.next_event().is_err());
 }
+
+#[tokio::test]
+async fn a_shaping_waiter_gets_its_returns_shaped_and_the_rest_as_events() {
+    let bus = EventBus::start_at(
+        Endpoint::Unix("/nonexistent/pub".into()),
+        Endpoint::Unix("/nonexistent/pull".into()),
+    );
+    let jid = "20260101000000000003";
+    let mut w = bus.subscribe_jid(jid);
+    let data = Bytes::from(value::encode(&value::from_json(&json!({"return": true}))));
+    let ret = |m: &str| Event::new(format!("salt/job/{jid}/ret/{m}"), data.clone());
+    // Before the shaper: an event.
+    dispatch(&bus.shared, ret("early"));
+    assert!(w.shape_returns(Box::new(|ev: &Event| {
+        let id = ev.tag.rsplit('/').next()?;
+        // A return the shaper will not take stays an event.
+        if id == "odd" {
+            return None;
+        }
+        Shaped::new(id, |out| {
+            out.extend_from_slice(format!("={}", ev.data()["return"]).as_bytes())
+        })
+    })));
+    assert!(!w.shape_returns(Box::new(|_: &Event| None)), "set once");
+    dispatch(&bus.shared, ret("m-0"));
+    dispatch(
+        &bus.shared,
+        Event::new(format!("salt/job/{jid}/new"), data.clone()),
+    );
+    dispatch(&bus.shared, ret("odd"));
+    dispatch(&bus.shared, ret("m-1"));
+    let mut got = Vec::new();
+    while let Ok(Some(d)) = tokio::time::timeout(Duration::from_millis(20), w.recv_delivery()).await
+    {
+        got.push(match d {
+            Delivery::Event(ev) => format!("event {}", ev.tag),
+            Delivery::Shaped(s) => {
+                let id = s.id().to_owned();
+                format!(
+                    "shaped {id} {id}{}",
+                    String::from_utf8_lossy(&s.into_text())
+                )
+            }
+        });
+    }
+    assert_eq!(
+        got,
+        [
+            format!("event salt/job/{jid}/ret/early"),
+            "shaped m-0 m-0=true".to_owned(),
+            format!("event salt/job/{jid}/new"),
+            format!("event salt/job/{jid}/ret/odd"),
+            "shaped m-1 m-1=true".to_owned(),
+        ],
+        "in arrival order"
+    );
+    // Every delivery gave its room back.
+    assert_eq!(w.queue.return_bytes.load(Ordering::Relaxed), 0);
+    assert_eq!(w.queue.others.load(Ordering::Relaxed), 0);
+}
+
+#[tokio::test]
+async fn shaped_returns_are_bounded_by_bytes() {
+    let bus = EventBus::start_at(
+        Endpoint::Unix("/nonexistent/pub".into()),
+        Endpoint::Unix("/nonexistent/pull".into()),
+    );
+    let jid = "20260101000000000004";
+    let w = bus.subscribe_jid(jid);
+    // A shaper that makes 1 MiB of text of each return.
+    w.shape_returns(Box::new(|ev: &Event| {
+        Shaped::new(ev.tag.rsplit('/').next()?, |out| {
+            out.extend_from_slice(&vec![b'x'; 1 << 20])
+        })
+    }));
+    let data = Bytes::from(value::encode(&value::from_json(&json!({"return": true}))));
+    let n = JID_RETURN_BYTES / (1 << 20) + 20;
+    for i in 0..n {
+        dispatch(
+            &bus.shared,
+            Event::new(format!("salt/job/{jid}/ret/m-{i}"), data.clone()),
+        );
+    }
+    assert!(w.lost_returns());
+    let queued = w.queue.events.lock().expect("lock").len();
+    let each = (1 << 20) + "m-100".len() + SHAPED_OVERHEAD;
+    assert!(queued < n && queued.abs_diff(JID_RETURN_BYTES / each) <= 1);
+}
+
+#[test]
+fn a_queued_delivery_is_three_words() {
+    // Every queued return costs a slot of this size: a shaped return's id
+    // and text are one allocation, not two boxes beside each other.
+    assert!(
+        std::mem::size_of::<Delivery>() <= 24,
+        "{}",
+        std::mem::size_of::<Delivery>()
+    );
+}
+
+#[tokio::test]
+async fn next_event_is_one_event_and_no_subscription() {
+    let bus = EventBus::start_at(
+        Endpoint::Unix("/nonexistent/pub".into()),
+        Endpoint::Unix("/nonexistent/pull".into()),
+    );
+    let data = Bytes::from(value::encode(&value::from_json(&json!({"a": 1}))));
+    // Callers that gave up are forgotten by the next caller.
+    for _ in 0..100 {
+        drop(bus.next_event());
+    }
+    let next = bus.next_event();
+    assert_eq!(bus.shared.next_event.lock().expect("lock").len(), 1);
+    assert_eq!(
+        bus.shared.stream.receiver_count(),
+        0,
+        "not a stream subscriber"
+    );
+    dispatch(&bus.shared, Event::new("first".into(), data.clone()));
+    dispatch(&bus.shared, Event::new("second".into(), data.clone()));
+    let got = tokio::time::timeout(Duration::from_secs(5), next)
+        .await
+        .expect("resolved")
+        .expect("an event");
+    assert_eq!(got.tag, "first");
+    assert!(bus.shared.next_event.lock().expect("lock").is_empty());
+}
