@@ -108,24 +108,34 @@ def count_returns(body, accept, n):
 
 def halite_runs(a, cfg, wsgi, n, accept):
     """Start halite, one warm-up call, `reps` measured calls; halite stopped after."""
-    h = subprocess.Popen([f"{a.bin_dir}/halite", "--config", cfg], stdout=subprocess.DEVNULL,
+    h = subprocess.Popen([*a.halite_wrap, f"{a.bin_dir}/halite", "--config", cfg], stdout=subprocess.DEVNULL,
                          stderr=open(f"{a.workdir}/halite-scale.log", "ab"),
-                         env={**os.environ, "RUST_LOG": "warn"})
+                         env={**os.environ, "RUST_LOG": "warn", **a.halite_env})
+    hpid = h.pid
     try:
         if not wait_port(wsgi):
             raise RuntimeError("halite did not start")
-        time.sleep(0.3)
-        idle_kib = status_kib(h.pid, "VmRSS")
+        time.sleep(0.3 if not a.halite_wrap else 5)
+        hpid = halite_pid(h)
+        idle_kib = status_kib(hpid, "VmRSS")
         call(wsgi, accept)
         rows = []
         for _ in range(a.reps):
-            c0 = cpu_s(h.pid)
+            c0 = cpu_s(hpid)
             wall, body = call(wsgi, accept)
-            cpu = cpu_s(h.pid) - c0
+            cpu = cpu_s(hpid) - c0
             rows.append({"wall_s": wall, "cpu_s": cpu, "bytes": len(body),
                          "complete": count_returns(body, accept, n)})
-        peak_kib = status_kib(h.pid, "VmHWM")
+        peak_kib = status_kib(hpid, "VmHWM")
     finally:
+        # Under a wrapper (heaptrack) halite is its child: stop halite, then
+        # give the wrapper time to write its data.
+        if a.halite_wrap and hpid != h.pid:
+            os.kill(hpid, signal.SIGTERM)
+            try:
+                h.wait(120)
+            except subprocess.TimeoutExpired:
+                pass
         stop(h)
     return {
         "accept": accept,
@@ -298,8 +308,8 @@ def main():
     p.add_argument("--inflight-modes", default="HTTP/1.1,h2c,TLS h2")
     p.add_argument("--settle-secs", type=int, default=15,
                    help="after an in-flight run, wait this long and read halite's RSS again")
-    p.add_argument("--halite-wrap", default="", help="command to run halite under in the in-flight runs (heaptrack)")
-    p.add_argument("--halite-env", default="", help="NAME=VALUE,... added to halite's environment in the in-flight runs")
+    p.add_argument("--halite-wrap", default="", help="command to run halite under (heaptrack)")
+    p.add_argument("--halite-env", default="", help="NAME=VALUE,... added to halite's environment")
     p.add_argument("--kinds", default="json,ndjson", help="answers to measure (a build without streaming: json)")
     p.add_argument("--out", required=True)
     a = p.parse_args()
