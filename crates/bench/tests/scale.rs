@@ -123,7 +123,7 @@ async fn a_streamed_gathering_yields_each_return_once() {
     let (_nm, master) = spawn_null_master(MINIONS, 1).await;
     let netapi = Netapi::new(master);
     let mut gather = netapi
-        .start_local(ping_all())
+        .start_local(ping_all(), None)
         .await
         .expect("published")
         .expect("minions matched");
@@ -138,8 +138,11 @@ async fn a_streamed_gathering_yields_each_return_once() {
     assert!(outcome.no_return.is_empty(), "{:?}", outcome.no_return);
 }
 
-/// `encode` for `answer_with`: serde_json's compact writer.
-fn compact(out: &mut Vec<u8>, value: &Json) {
+/// A `WriteReturn` for `answer_with`: `"<id>": <value>` in serde_json's
+/// compact text.
+fn entry(out: &mut Vec<u8>, id: &str, value: &Json) {
+    serde_json::to_writer(&mut *out, id).expect("a str serialises");
+    out.extend_from_slice(b": ");
     serde_json::to_writer(out, value).expect("a Value serialises");
 }
 
@@ -148,25 +151,28 @@ async fn an_answer_written_as_text_holds_every_return_once() {
     const MINIONS: usize = 10_000;
     let (_nm, master) = spawn_null_master(MINIONS, 2).await;
     let netapi = Netapi::new(master);
-    let gather = netapi
-        .start_local(ping_all())
-        .await
-        .expect("published")
-        .expect("minions matched");
-    // Returns race the publish reply: some reach the waiter as events
-    // before it has them shaped, the rest shaped by the bus.
-    let text = tokio::time::timeout(Duration::from_secs(300), gather.answer_with(compact))
-        .await
-        .expect("the call ends")
-        .expect("the call succeeds");
-    let answer: serde_json::Map<String, Json> =
-        serde_json::from_slice(&text).expect("the text is a JSON object");
-    assert_eq!(answer.len(), MINIONS, "every minion is in the answer");
-    for i in 0..MINIONS {
-        let id = format!("sim-{i}");
-        assert_eq!(answer.get(&id), Some(&json!(true)), "return of {id}");
+    // Started with the writer, the bus writes every return; started
+    // without, the returns that came before `answer_with` are events the
+    // waiter writes, the rest written by the bus.
+    for at_start in [Some(entry as salt_client::clients::WriteReturn), None] {
+        let gather = netapi
+            .start_local(ping_all(), at_start)
+            .await
+            .expect("published")
+            .expect("minions matched");
+        let text = tokio::time::timeout(Duration::from_secs(300), gather.answer_with(entry))
+            .await
+            .expect("the call ends")
+            .expect("the call succeeds");
+        let answer: serde_json::Map<String, Json> =
+            serde_json::from_slice(&text).expect("the text is a JSON object");
+        assert_eq!(answer.len(), MINIONS, "every minion is in the answer");
+        for i in 0..MINIONS {
+            let id = format!("sim-{i}");
+            assert_eq!(answer.get(&id), Some(&json!(true)), "return of {id}");
+        }
+        // A key written twice would parse into one: count the entries.
+        let entries = text.windows(7).filter(|w| w == b"\": true").count();
+        assert_eq!(entries, MINIONS, "each minion written once");
     }
-    // A key written twice would parse into one: count the entries.
-    let entries = text.windows(7).filter(|w| w == b"\": true").count();
-    assert_eq!(entries, MINIONS, "each minion written once");
 }

@@ -9,7 +9,7 @@ use std::pin::Pin;
 
 use futures_util::TryFutureExt;
 
-use salt_client::clients::{Client, Lowstate, Output};
+use salt_client::clients::{Client, Lowstate, Output, WriteReturn};
 use salt_client::{redact, ErrorKind};
 use serde_json::Value as Json;
 
@@ -175,7 +175,8 @@ enum Ran {
 }
 
 /// A synchronous `local` chunk, answered as `Netapi::run` answers it
-/// (`Gatherer::answer`; with `text`, its JSON text, `Gatherer::answer_with`),
+/// (`Gatherer::answer`; with `text`, its JSON text, `Gatherer::answer_with`,
+/// the returns written by the bus as they arrive),
 /// or cut short with its jid when the grace period of a shutdown is over.
 /// Its own future is about half of `Netapi::run`'s, which holds room for the
 /// largest of every client's: at 10,000 calls in flight, ~2 KiB less per
@@ -191,17 +192,25 @@ async fn run_local(
     // `match` on the publish, it (and the `?` temporary) would stay in this
     // future, unused, while the call waits (~1.5 KiB per call).
     let answer: Pin<Box<dyn Future<Output = Result<Ran, salt_client::SaltError>> + Send>> = {
-        let started = cut.or_cut(Some(&jid), Box::pin(state.netapi.start_local(chunk)));
+        let write = text.then_some(answer_entry as WriteReturn);
+        let started = cut.or_cut(Some(&jid), Box::pin(state.netapi.start_local(chunk, write)));
         let Some(gather) = started.await? else {
             return Ok(Ran::One(Json::Object(serde_json::Map::new())));
         };
-        if text {
-            Box::pin(gather.answer_with(pyjson::write).map_ok(Ran::Text))
-        } else {
-            Box::pin(gather.answer().map_ok(Ran::One))
+        match write {
+            Some(write) => Box::pin(gather.answer_with(write).map_ok(Ran::Text)),
+            None => Box::pin(gather.answer().map_ok(Ran::One)),
         }
     };
     cut.or_cut(Some(&jid), answer).await
+}
+
+/// One entry of a `local` answer's JSON text: `"<id>": <value>`, as
+/// Python's `json.dumps` writes it.
+fn answer_entry(out: &mut Vec<u8>, id: &str, value: &Json) {
+    pyjson::write(out, &Json::String(id.to_owned()));
+    out.extend_from_slice(b": ");
+    pyjson::write(out, value);
 }
 
 /// The jid of a `local` chunk: the caller's, or a new one halite puts in

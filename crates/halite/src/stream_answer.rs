@@ -32,7 +32,7 @@ use axum::http::{header, HeaderMap, HeaderValue, Method};
 use axum::response::{IntoResponse, Response};
 use futures_util::future::{BoxFuture, Either};
 use futures_util::stream;
-use salt_client::clients::{Gatherer, Lowstate};
+use salt_client::clients::{Gatherer, Lowstate, WriteReturn};
 use serde_json::{json, Map, Value as Json};
 use tower::{Layer, Service};
 
@@ -89,7 +89,15 @@ impl Kind {
         Bytes::from(out)
     }
 
-    /// A minion's return as a line: `{"id": <id>, "return": <value>}`.
+    /// How a minion's return is written: a line `{"id": <id>, "return":
+    /// <value>}` in this framing.
+    fn return_writer(self) -> WriteReturn {
+        match self {
+            Kind::Ndjson => |out, id, value| Kind::Ndjson.write_return(out, id, value),
+            Kind::EventStream => |out, id, value| Kind::EventStream.write_return(out, id, value),
+        }
+    }
+
     fn write_return(self, out: &mut Vec<u8>, id: &str, value: &Json) {
         self.write_frame(out, "return", |out| {
             out.extend_from_slice(b"{\"id\": ");
@@ -148,7 +156,10 @@ pub async fn answer(app: &AppState, mut chunk: Lowstate, kind: Kind) -> Result<R
     let shutdown = app.shutdown.clone();
     let jid = lowstate::assign_jid(&app.netapi, &mut chunk);
     let gatherer = shutdown
-        .or_cut(Some(&jid), Box::pin(app.netapi.start_local(chunk)))
+        .or_cut(
+            Some(&jid),
+            Box::pin(app.netapi.start_local(chunk, Some(kind.return_writer()))),
+        )
         .await?;
     let master = app.netapi.master().clone();
     let start = match &gatherer {
@@ -168,12 +179,7 @@ pub async fn answer(app: &AppState, mut chunk: Lowstate, kind: Kind) -> Result<R
         let shutdown = shutdown.clone();
         async move {
             match phase {
-                Phase::Start(Some(mut g)) => {
-                    // The bus writes each return's line as it arrives: a
-                    // burst of returns waits as lines, not as events.
-                    g.write_returns(move |out: &mut Vec<u8>, id: &str, value: &Json| {
-                        kind.write_return(out, id, value)
-                    });
+                Phase::Start(Some(g)) => {
                     Some((Ok::<_, std::io::Error>(first), Phase::Returns(g, 0)))
                 }
                 Phase::Start(None) => {
@@ -185,10 +191,9 @@ pub async fn answer(app: &AppState, mut chunk: Lowstate, kind: Kind) -> Result<R
                 }
                 Phase::Returns(mut g, returned) => match shutdown
                     .or_cut(None, async {
-                        let line = |out: &mut Vec<u8>, id: &str, value: &Json| {
-                            kind.write_return(out, id, value)
-                        };
-                        Ok::<_, salt_client::SaltError>(g.next_text(&line).await)
+                        // Written by the bus as the return arrived: a burst
+                        // of returns waits as lines, not as events.
+                        Ok::<_, salt_client::SaltError>(g.next_text(kind.return_writer()).await)
                     })
                     .await
                 {

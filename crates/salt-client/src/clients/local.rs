@@ -165,16 +165,27 @@ impl LocalJob {
     /// minion matched the target. The jid is the caller's or one halite
     /// makes, so the waiter is registered before the publish can create any
     /// event.
+    ///
+    /// With `write`, the returns are written as text by the bus as they
+    /// arrive, from before the publish on, and are read with
+    /// [`Gatherer::next_text`] or [`Gatherer::answer_with`]: the waiter then
+    /// has that text queued, not the events (frame, tag, decoded data), so
+    /// a job whose 10,000 returns arrive at once costs its answer's text
+    /// while it waits, not its events.
     #[allow(clippy::manual_async_fn)] // on purpose: see above
     pub fn start(
         self,
         master: &Master,
         jid: Option<String>,
+        write: Option<WriteReturn>,
     ) -> impl Future<Output = Result<Option<Gatherer>>> + Send + '_ {
         async move {
             master.wait_ready(Duration::from_secs(5)).await?;
             let jid = jid.unwrap_or_else(|| master.new_jid());
             let sub = master.bus().subscribe_jid(&jid);
+            if let Some(write) = write {
+                sub.shape_returns(text_shaper(self.full_return, write));
+            }
             let reply = self.publish(master, &jid).await?;
             if reply.minions.is_empty() && reply.missing.is_empty() {
                 return Ok(None);
@@ -190,7 +201,7 @@ impl LocalJob {
 
     /// Publish and wait for every return: `LocalClient.cmd`.
     pub async fn cmd(self, master: &Master, jid: Option<String>) -> Result<Json> {
-        match self.start(master, jid).await? {
+        match self.start(master, jid, None).await? {
             Some(gather) => gather.answer().await,
             None => Ok(Json::Object(Map::new())),
         }
@@ -417,8 +428,8 @@ impl Gatherer {
         loop {
             match self.next_delivery().await? {
                 (id, Delivery::Event(ev)) => return Some((id, ev)),
-                // Written by the bus: only after `write_returns`, whose
-                // caller reads `next_text` (see there).
+                // Written by the bus: only for a job started with a
+                // `WriteReturn`, whose caller reads `next_text`.
                 (_, Delivery::Shaped(_)) => continue,
             }
         }
@@ -537,35 +548,10 @@ impl Gatherer {
         }
     }
 
-    /// Have each return written as text by `write(out, id, value)` (the
-    /// value shaped as `cmd` reports it), by the bus as it arrives: its
-    /// waiter then has the text queued, not the event (frame, tag, decoded
-    /// data), so a job whose 10,000 returns arrive at once costs its
-    /// answer's text while it waits, not its events. Read them with
-    /// [`Gatherer::next_text`] from then on: [`Gatherer::next`] yields
-    /// events only, and skips returns the bus has written.
-    pub fn write_returns<W>(&mut self, write: W)
-    where
-        W: Fn(&mut Vec<u8>, &str, &Json) + Send + Sync + 'static,
-    {
-        let full_return = self.job.full_return;
-        self.sub.shape_returns(Box::new(move |ev| {
-            // Not `ev.data()`: the event may also sit in a whole-stream
-            // queue, which would then keep its decoded data too.
-            let data = ev.data_once();
-            let id = return_id(&ev.tag, &data)?;
-            let value = shape(full_return, &data, ev.jid()?);
-            Shaped::new(id, |out| write(out, id, &value))
-        }));
-    }
-
     /// The next minion's return as the text `write` makes of it: written by
-    /// the bus (see [`Gatherer::write_returns`], given the same `write`),
-    /// or here for a return that was queued as an event before.
-    pub async fn next_text(
-        &mut self,
-        write: &(impl Fn(&mut Vec<u8>, &str, &Json) + Sync),
-    ) -> Option<(String, Bytes)> {
+    /// the bus (when the job was started with the same `write`), or here
+    /// for a return that was queued as an event.
+    pub async fn next_text(&mut self, write: WriteReturn) -> Option<(String, Bytes)> {
         let (id, delivery) = self.next_delivery().await?;
         let text = match delivery {
             Delivery::Shaped(s) => s.into_text(),
@@ -579,10 +565,11 @@ impl Gatherer {
     }
 
     /// The synchronous `local` answer as JSON text, written once: what
-    /// [`Gatherer::answer`] gathers, in the same order, every key and value
-    /// written by `encode` (which appends one JSON value's text), and no
-    /// map of the returns built first. Returns are written by the bus as
-    /// they arrive ([`Gatherer::write_returns`]).
+    /// [`Gatherer::answer`] gathers, in the same order, each entry
+    /// (`"<id>": <value>`) written by `write`, and no map of the returns
+    /// built first. Start the job with the same `write`
+    /// ([`LocalJob::start`]) to have the bus write the returns as they
+    /// arrive; otherwise it does from here on.
     ///
     /// The text is bounded like the queue it comes from: past
     /// [`JID_RETURN_BYTES`](crate::events::JID_RETURN_BYTES) (returns from
@@ -591,18 +578,15 @@ impl Gatherer {
     #[allow(clippy::manual_async_fn)] // on purpose: see `answer`
     pub fn answer_with(
         mut self,
-        encode: fn(&mut Vec<u8>, &Json),
+        write: WriteReturn,
     ) -> impl Future<Output = Result<Vec<u8>>> + Send {
         async move {
-            let entry = move |out: &mut Vec<u8>, id: &str, value: &Json| {
-                encode(out, &Json::String(id.to_owned()));
-                out.extend_from_slice(b": ");
-                encode(out, value);
-            };
-            self.write_returns(entry);
+            // A no-op when the job was started with it.
+            self.sub
+                .shape_returns(text_shaper(self.job.full_return, write));
             let mut out = vec![b'{'];
             let mut cut = false;
-            while let Some((_, text)) = self.next_text(&entry).await {
+            while let Some((_, text)) = self.next_text(write).await {
                 if out.len() > crate::events::JID_RETURN_BYTES {
                     cut = true;
                     continue;
@@ -619,7 +603,7 @@ impl Gatherer {
                 if out.len() > 1 {
                     out.extend_from_slice(b", ");
                 }
-                entry(&mut out, &id, &value);
+                write(&mut out, &id, &value);
             }
             out.push(b'}');
             Ok(out)
@@ -672,26 +656,20 @@ impl Gatherer {
     /// Take one event of the main job into account; the minion id when it
     /// is a minion's first return.
     fn handle(&mut self, ev: &Event) -> Option<String> {
+        if ev.tag.ends_with("/new") {
+            // Only its lists of names are needed: not decoded as JSON (for
+            // 10,000 minions, ~0.7 MiB while the returns arrive).
+            let expected = &mut self.expected;
+            ev.strings_at("minions", |m| expected.expect(m));
+            ev.strings_at("missing", |m| expected.mark_missing(m));
+            return None;
+        }
         let data = ev.data();
         if let Some(stamp) = data.get("_stamp").and_then(Json::as_str) {
             self.master.bus().note_stamp(stamp);
         }
-        if ev.tag.ends_with("/new") {
-            if let Some(list) = data.get("minions").and_then(Json::as_array) {
-                for m in list.iter().filter_map(Json::as_str) {
-                    self.expected.expect(m);
-                }
-            }
-            if let Some(list) = data.get("missing").and_then(Json::as_array) {
-                for m in list.iter().filter_map(Json::as_str) {
-                    self.expected.mark_missing(m);
-                }
-            }
-            None
-        } else {
-            let id = return_id(&ev.tag, data)?;
-            self.expected.mark_returned(id).then(|| id.to_owned())
-        }
+        let id = return_id(&ev.tag, data)?;
+        self.expected.mark_returned(id).then(|| id.to_owned())
     }
 
     /// Ask `pending` minions whether they still run the job.
@@ -738,6 +716,26 @@ impl Gatherer {
             self.deadline = Instant::now() + secs(self.job.timeout);
         }
     }
+}
+
+/// How a caller has a return written as text: `write(out, id, value)`
+/// appends what minion `id`'s return (`value`, shaped as `cmd` reports it)
+/// is in its answer — an entry of the answer's object, a line of a stream.
+/// A plain function: the bus calls it for every return, and holding one
+/// costs a waiting call nothing.
+pub type WriteReturn = fn(&mut Vec<u8>, &str, &Json);
+
+/// What the bus runs for a waiter's returns when they are written as text
+/// (see [`LocalJob::start`]).
+fn text_shaper(full_return: bool, write: WriteReturn) -> crate::events::Shaper {
+    Box::new(move |ev| {
+        // Not `ev.data()`: the event may also sit in a whole-stream queue,
+        // which would then keep its decoded data too.
+        let data = ev.data_once();
+        let id = return_id(&ev.tag, &data)?;
+        let value = shape(full_return, &data, ev.jid()?);
+        Shaped::new(id, |out| write(out, id, &value))
+    })
 }
 
 /// The minion a `local` job's return event (`tag`, `data`) is from, if it
@@ -939,9 +937,10 @@ pub async fn local(master: &Master, low: Low) -> Result<Json> {
 pub fn start_local(
     master: &Master,
     low: Low,
+    write: Option<WriteReturn>,
 ) -> impl Future<Output = Result<Option<Gatherer>>> + Send + '_ {
     match local_job(master, &low) {
-        Ok((job, jid)) => Either::Left(job.start(master, jid)),
+        Ok((job, jid)) => Either::Left(job.start(master, jid, write)),
         Err(e) => Either::Right(std::future::ready(Err(e))),
     }
 }

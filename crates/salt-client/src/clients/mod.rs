@@ -22,7 +22,7 @@ use crate::error::{Result, SaltError};
 use crate::master::Master;
 
 pub use crate::args::yamlify_arg;
-pub use local::{Collected, Gatherer, LocalJob, PubReply};
+pub use local::{Collected, Gatherer, LocalJob, PubReply, WriteReturn};
 pub use low::{Credentials, Low};
 
 /// One lowstate chunk: the JSON object an HTTP client sent. [`Netapi`]
@@ -146,18 +146,20 @@ impl Netapi {
 
     /// Start a `local` chunk (after the same pre-checks as [`Netapi::run`])
     /// and hand back its returns one at a time instead of one answer, for
-    /// callers that stream them. `None` when no minion matched the target.
-    /// Any other client is an invocation error.
+    /// callers that stream them or write the answer themselves (with
+    /// `write`, see [`LocalJob::start`]). `None` when no minion matched the
+    /// target. Any other client is an invocation error.
     ///
     /// Not an `async fn`, for the reason [`local::start_local`] gives: the
     /// checks run here and the lowstate is gone before the job is published.
     pub fn start_local(
         &self,
         low: impl Into<Low>,
+        write: Option<WriteReturn>,
     ) -> impl Future<Output = Result<Option<Gatherer>>> + Send + '_ {
         let low = low.into();
         let refused = match self.precheck(&low) {
-            Ok(Client::Local) => return Either::Left(local::start_local(&self.master, low)),
+            Ok(Client::Local) => return Either::Left(local::start_local(&self.master, low, write)),
             Ok(_) => SaltError::Invocation("only the 'local' client can stream its returns".into()),
             Err(e) => e,
         };

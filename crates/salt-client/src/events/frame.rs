@@ -290,3 +290,129 @@ pub fn msgpack_len(buf: &[u8]) -> std::result::Result<Option<usize>, String> {
         Ok(Some(pos))
     }
 }
+
+/// Call `f` with each string of the array under `key` in the msgpack map
+/// `data` (an event's data), borrowed from it; nothing else is decoded, and
+/// items of that array that are not strings are skipped. A job's `new`
+/// event lists every targeted minion, 10,000 names where the names are all
+/// a waiter needs: decoded whole, they would be a JSON array first.
+pub fn map_strings<'a>(
+    data: &'a [u8],
+    key: &str,
+    mut f: impl FnMut(&'a str),
+) -> std::result::Result<(), String> {
+    let mut r = Walker { buf: data, pos: 0 };
+    let entries = match r.byte()? {
+        m @ 0x80..=0x8f => u64::from(m & 0x0f),
+        0xde => r.uint(2)?,
+        0xdf => r.uint(4)?,
+        _ => return Err("event data is not a map".into()),
+    };
+    for _ in 0..entries {
+        let matches = r.str()? == Some(key.as_bytes());
+        let items = match (matches, r.peek()?) {
+            (true, m @ 0x90..=0x9f) => {
+                r.pos += 1;
+                u64::from(m & 0x0f)
+            }
+            (true, 0xdc) => {
+                r.pos += 1;
+                r.uint(2)?
+            }
+            (true, 0xdd) => {
+                r.pos += 1;
+                r.uint(4)?
+            }
+            _ => {
+                r.skip()?;
+                continue;
+            }
+        };
+        for _ in 0..items {
+            match r.str()? {
+                Some(s) => {
+                    if let Ok(s) = std::str::from_utf8(s) {
+                        f(s);
+                    }
+                }
+                None => r.skip()?,
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A cursor over msgpack bytes for [`map_strings`].
+struct Walker<'a> {
+    buf: &'a [u8],
+    pos: usize,
+}
+
+impl<'a> Walker<'a> {
+    fn peek(&self) -> std::result::Result<u8, String> {
+        self.buf
+            .get(self.pos)
+            .copied()
+            .ok_or_else(|| "truncated msgpack".to_string())
+    }
+
+    fn byte(&mut self) -> std::result::Result<u8, String> {
+        let b = self.peek()?;
+        self.pos += 1;
+        Ok(b)
+    }
+
+    fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
+        let end = self
+            .pos
+            .checked_add(n)
+            .filter(|e| *e <= self.buf.len())
+            .ok_or("truncated msgpack")?;
+        let out = &self.buf[self.pos..end];
+        self.pos = end;
+        Ok(out)
+    }
+
+    fn uint(&mut self, n: usize) -> std::result::Result<u64, String> {
+        Ok(self
+            .take(n)?
+            .iter()
+            .fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
+    }
+
+    /// The string (or binary) at the cursor, consumed; `None`, and nothing
+    /// consumed, when the item is something else.
+    fn str(&mut self) -> std::result::Result<Option<&'a [u8]>, String> {
+        let len = match self.peek()? {
+            m @ 0xa0..=0xbf => {
+                self.pos += 1;
+                usize::from(m & 0x1f)
+            }
+            0xd9 | 0xc4 => {
+                self.pos += 1;
+                self.uint(1)? as usize
+            }
+            0xda | 0xc5 => {
+                self.pos += 1;
+                self.uint(2)? as usize
+            }
+            0xdb | 0xc6 => {
+                self.pos += 1;
+                self.uint(4)? as usize
+            }
+            _ => return Ok(None),
+        };
+        self.take(len).map(Some)
+    }
+
+    /// Step over the item at the cursor.
+    fn skip(&mut self) -> std::result::Result<(), String> {
+        match msgpack_len(&self.buf[self.pos..])? {
+            Some(len) => {
+                self.pos += len;
+                Ok(())
+            }
+            None => Err("truncated msgpack".into()),
+        }
+    }
+}

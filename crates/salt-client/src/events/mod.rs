@@ -108,6 +108,13 @@ impl Event {
         }
     }
 
+    /// Each string of the array under `key` in the event data, without
+    /// decoding the rest (see [`map_strings`]); nothing when the data is
+    /// not a map or cannot be read.
+    pub fn strings_at<'a>(&'a self, key: &str, f: impl FnMut(&'a str)) {
+        let _ = map_strings(&self.raw, key, f);
+    }
+
     /// The jid this event belongs to, from its tag.
     pub fn jid(&self) -> Option<&str> {
         jid_of_tag(&self.tag)

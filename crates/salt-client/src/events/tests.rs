@@ -392,3 +392,39 @@ async fn next_event_is_one_event_and_no_subscription() {
     assert_eq!(got.tag, "first");
     assert!(bus.shared.next_event.lock().expect("lock").is_empty());
 }
+
+#[test]
+fn one_list_of_event_data_is_read_without_the_rest() {
+    let names = |data: &Json, key: &str| {
+        let bytes = value::encode(&value::from_json(data));
+        let mut out = Vec::new();
+        let read = map_strings(&bytes, key, |s| out.push(s.to_owned()));
+        (read.map(|()| out), bytes)
+    };
+    // Other keys (nested containers among them) before and after it; items
+    // that are not strings skipped.
+    let data = json!({"arg": [["a", 1], {"k": [null, 1.5, "x"]}], "tgt": "*",
+        "minions": ["ms-0", 7, {"x": ["ms-9"]}, "é", [], "ms-1"], "missing": ["gone"],
+        "_stamp": "2026-11-30T15:16:00.000000"});
+    assert_eq!(
+        names(&data, "minions").0,
+        Ok(vec!["ms-0".into(), "é".into(), "ms-1".into()])
+    );
+    assert_eq!(names(&data, "missing").0, Ok(vec!["gone".into()]));
+    assert_eq!(names(&data, "absent").0, Ok(vec![]));
+    // Not a list under the key: nothing.
+    assert_eq!(names(&json!({"minions": "ms-0"}), "minions").0, Ok(vec![]));
+    // 10,000 names (a 16-bit array length).
+    let many: Vec<String> = (0..10_000).map(|i| format!("sim-{i}")).collect();
+    assert_eq!(names(&json!({"minions": many}), "minions").0, Ok(many));
+    // Not a map, or cut anywhere: an error, never a panic or a wrong name.
+    assert!(names(&json!(["minions"]), "minions").0.is_err());
+    let (_, bytes) = names(&data, "minions");
+    for cut in 0..bytes.len() {
+        let mut seen = Vec::new();
+        if map_strings(&bytes[..cut], "minions", |s| seen.push(s)).is_ok() {
+            panic!("a cut at {cut} read as whole");
+        }
+        assert!(seen.iter().all(|s| ["ms-0", "é", "ms-1"].contains(s)));
+    }
+}

@@ -11,7 +11,7 @@
 use bytes::Bytes;
 use proptest::prelude::*;
 use salt_client::events::{
-    encode_frame, event_from_frame, msgpack_len, pack_body, FrameDecoder, Framing,
+    encode_frame, event_from_frame, map_strings, msgpack_len, pack_body, FrameDecoder, Framing,
 };
 use salt_client::value;
 use serde_json::json;
@@ -48,6 +48,19 @@ fn seed_bodies() -> Vec<Vec<u8>> {
         ),
         value::encode(&value::from_json(&json!({"head": {}, "body": "x"}))),
     ]
+}
+
+/// Seed event data: what a job's `new` event carries, msgpack-encoded.
+fn seed_event_data() -> Vec<Vec<u8>> {
+    [
+        json!({"jid": "20261130151600000000", "tgt": "*", "tgt_type": "glob",
+               "minions": ["ms-0", "ms-1", "ms-2"], "missing": [], "user": "saltdev",
+               "fun": "test.ping", "arg": [], "_stamp": "2026-11-30T15:16:00.000000"}),
+        json!({"arg": [["a", 1], {"k": [null, 1.5]}], "minions": ["é", 7, {"x": 1}, "m"]}),
+    ]
+    .iter()
+    .map(|d| value::encode(&value::from_json(d)))
+    .collect()
 }
 
 /// Seed msgpack: whole bus frames and Salt-shaped values.
@@ -108,6 +121,14 @@ proptest! {
             let _ = value::encode(&value::from_json(&j));
         }
         let _ = value::decode_prefix(&bytes);
+    }
+
+    #[test]
+    fn reading_one_list_of_event_data_never_panics(bytes in bytes_input(seed_event_data())) {
+        let mut names = 0usize;
+        let _ = map_strings(&bytes, "minions", |_| names += 1);
+        // Every name is at least its one marker byte.
+        prop_assert!(names <= bytes.len());
     }
 
     #[test]
