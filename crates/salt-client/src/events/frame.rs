@@ -302,13 +302,7 @@ pub fn map_strings<'a>(
     mut f: impl FnMut(&'a str),
 ) -> std::result::Result<(), String> {
     let mut r = Walker { buf: data, pos: 0 };
-    let entries = match r.byte()? {
-        m @ 0x80..=0x8f => u64::from(m & 0x0f),
-        0xde => r.uint(2)?,
-        0xdf => r.uint(4)?,
-        _ => return Err("event data is not a map".into()),
-    };
-    for _ in 0..entries {
+    for _ in 0..r.map_len()? {
         let matches = r.str()? == Some(key.as_bytes());
         let items = match (matches, r.peek()?) {
             (true, m @ 0x90..=0x9f) => {
@@ -342,13 +336,39 @@ pub fn map_strings<'a>(
     Ok(())
 }
 
-/// A cursor over msgpack bytes for [`map_strings`].
+/// The string under `key` in the msgpack map `data` (an event's data),
+/// borrowed from it, without decoding anything else; `None` when it is not
+/// there or not a string.
+pub fn map_string<'a>(data: &'a [u8], key: &str) -> std::result::Result<Option<&'a str>, String> {
+    let mut r = Walker { buf: data, pos: 0 };
+    for _ in 0..r.map_len()? {
+        let matches = r.str()? == Some(key.as_bytes());
+        match r.str()? {
+            Some(value) if matches => return Ok(std::str::from_utf8(value).ok()),
+            Some(_) => {}
+            None => r.skip()?,
+        }
+    }
+    Ok(None)
+}
+
+/// A cursor over msgpack bytes for [`map_strings`] and [`map_string`].
 struct Walker<'a> {
     buf: &'a [u8],
     pos: usize,
 }
 
 impl<'a> Walker<'a> {
+    /// The number of entries of the map at the cursor, its header consumed.
+    fn map_len(&mut self) -> std::result::Result<u64, String> {
+        match self.byte()? {
+            m @ 0x80..=0x8f => Ok(u64::from(m & 0x0f)),
+            0xde => self.uint(2),
+            0xdf => self.uint(4),
+            _ => Err("event data is not a map".into()),
+        }
+    }
+
     fn peek(&self) -> std::result::Result<u8, String> {
         self.buf
             .get(self.pos)

@@ -115,6 +115,12 @@ impl Event {
         let _ = map_strings(&self.raw, key, f);
     }
 
+    /// The string under `key` in the event data, without decoding the rest
+    /// (see [`map_string`]).
+    pub fn string_at(&self, key: &str) -> Option<&str> {
+        map_string(&self.raw, key).ok().flatten()
+    }
+
     /// The jid this event belongs to, from its tag.
     pub fn jid(&self) -> Option<&str> {
         jid_of_tag(&self.tag)

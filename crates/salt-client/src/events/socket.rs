@@ -105,7 +105,9 @@ pub(super) async fn read_loop(
             match decoder.next_event() {
                 Ok(Some(event)) => {
                     if shared.stamp_style.load(Ordering::Relaxed) == 0 {
-                        if let Some(stamp) = event.data().get("_stamp").and_then(Json::as_str) {
+                        // Not `data()`: the first event may be a job's
+                        // `new` event, 10,000 minion names to decode.
+                        if let Some(stamp) = event.string_at("_stamp") {
                             let style = if stamp.ends_with("+00:00") { 2 } else { 1 };
                             shared.stamp_style.store(style, Ordering::Relaxed);
                         }

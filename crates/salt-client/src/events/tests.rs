@@ -417,6 +417,15 @@ fn one_list_of_event_data_is_read_without_the_rest() {
     // 10,000 names (a 16-bit array length).
     let many: Vec<String> = (0..10_000).map(|i| format!("sim-{i}")).collect();
     assert_eq!(names(&json!({"minions": many}), "minions").0, Ok(many));
+    // One string: the stamp, among containers.
+    let bytes = value::encode(&value::from_json(&data));
+    assert_eq!(
+        map_string(&bytes, "_stamp"),
+        Ok(Some("2026-11-30T15:16:00.000000"))
+    );
+    assert_eq!(map_string(&bytes, "tgt"), Ok(Some("*")));
+    assert_eq!(map_string(&bytes, "arg"), Ok(None), "not a string");
+    assert_eq!(map_string(&bytes, "absent"), Ok(None));
     // Not a map, or cut anywhere: an error, never a panic or a wrong name.
     assert!(names(&json!(["minions"]), "minions").0.is_err());
     let (_, bytes) = names(&data, "minions");
@@ -426,5 +435,10 @@ fn one_list_of_event_data_is_read_without_the_rest() {
             panic!("a cut at {cut} read as whole");
         }
         assert!(seen.iter().all(|s| ["ms-0", "é", "ms-1"].contains(s)));
+        match map_string(&bytes[..cut], "_stamp") {
+            Ok(Some(stamp)) => assert_eq!(stamp, "2026-11-30T15:16:00.000000"),
+            Ok(None) => panic!("a cut at {cut} read as whole"),
+            Err(_) => {}
+        }
     }
 }

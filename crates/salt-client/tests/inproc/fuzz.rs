@@ -11,7 +11,8 @@
 use bytes::Bytes;
 use proptest::prelude::*;
 use salt_client::events::{
-    encode_frame, event_from_frame, map_strings, msgpack_len, pack_body, FrameDecoder, Framing,
+    encode_frame, event_from_frame, map_string, map_strings, msgpack_len, pack_body, FrameDecoder,
+    Framing,
 };
 use salt_client::value;
 use serde_json::json;
@@ -127,6 +128,7 @@ proptest! {
     fn reading_one_list_of_event_data_never_panics(bytes in bytes_input(seed_event_data())) {
         let mut names = 0usize;
         let _ = map_strings(&bytes, "minions", |_| names += 1);
+        let _ = map_string(&bytes, "_stamp");
         // Every name is at least its one marker byte.
         prop_assert!(names <= bytes.len());
     }
