@@ -7,6 +7,11 @@ use super::*;
 pub(super) struct Waiter {
     pub(super) id: u64,
     pub(super) inbox: Arc<Inbox>,
+    /// How this waiter has its returns shaped, if it asked
+    /// ([`JidSubscription::shape_returns`]). Here, not in the inbox: every
+    /// waiting call has an inbox, and a jid's list of waiters is allocated
+    /// for one.
+    pub(super) shaper: Option<Shaper>,
 }
 
 impl Drop for Waiter {
@@ -83,21 +88,20 @@ pub(super) const SHAPED_OVERHEAD: usize = 48;
 pub(super) struct Inbox {
     pub(super) events: Mutex<VecDeque<Delivery>>,
     arrived: tokio::sync::Notify,
-    /// Set by a waiter that wants its returns shaped by the bus.
-    shaper: OnceLock<Shaper>,
     /// The waiter is gone from the bus (unregistered, or the bus dropped).
     closed: AtomicBool,
-    pub(super) others: AtomicUsize,
-    pub(super) return_bytes: AtomicUsize,
+    // 32-bit: every waiting call has an inbox, and both bounds fit.
+    pub(super) others: AtomicU32,
+    pub(super) return_bytes: AtomicU32,
     pub(super) lost: AtomicBool,
     pub(super) lost_returns: AtomicBool,
 }
 
 impl Inbox {
     /// Queue `event` for the waiter, if it fits its bounds; a return is
-    /// shaped first when the waiter asked for it.
-    pub(super) fn deliver(&self, event: &Arc<Event>) {
-        let shaped = match self.shaper.get() {
+    /// shaped first with `shaper`, the waiter's.
+    pub(super) fn deliver(&self, event: &Arc<Event>, shaper: Option<&Shaper>) {
+        let shaped = match shaper {
             Some(shape) if is_return_tag(&event.tag) => shape(event),
             _ => None,
         };
@@ -132,7 +136,7 @@ impl Inbox {
                         Delivery::Event(ev) => self.release(ev),
                         Delivery::Shaped(s) => {
                             self.return_bytes
-                                .fetch_sub(Self::shaped_cost(s), Ordering::Relaxed);
+                                .fetch_sub(Self::shaped_cost(s) as u32, Ordering::Relaxed);
                         }
                     }
                     return Some(d);
@@ -167,7 +171,8 @@ impl Inbox {
                 let fits = self
                     .others
                     .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
-                        (used + others <= JID_QUEUE).then_some(used + others)
+                        let total = used as usize + others;
+                        (total <= JID_QUEUE).then_some(total as u32)
                     })
                     .is_ok();
                 if !fits {
@@ -184,7 +189,8 @@ impl Inbox {
         let fits = self
             .return_bytes
             .fetch_update(Ordering::Relaxed, Ordering::Relaxed, |used| {
-                (used + bytes <= JID_RETURN_BYTES).then_some(used + bytes)
+                let total = (used as usize).saturating_add(bytes);
+                (total <= JID_RETURN_BYTES).then_some(total as u32)
             })
             .is_ok();
         if !fits {
@@ -196,9 +202,10 @@ impl Inbox {
 
     /// Give back the room of an event the waiter received.
     pub(super) fn release(&self, event: &Event) {
+        // Admitted, so within the bounds: the casts are exact.
         let (others, bytes) = Self::cost(event);
-        self.others.fetch_sub(others, Ordering::Relaxed);
-        self.return_bytes.fetch_sub(bytes, Ordering::Relaxed);
+        self.others.fetch_sub(others as u32, Ordering::Relaxed);
+        self.return_bytes.fetch_sub(bytes as u32, Ordering::Relaxed);
     }
 }
 
@@ -275,7 +282,18 @@ impl JidSubscription {
     /// events. Returns queued before this call stay events. `false` if a
     /// shaper was already set.
     pub fn shape_returns(&self, shaper: Shaper) -> bool {
-        self.queue.shaper.set(shaper).is_ok()
+        let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
+        let waiter = state
+            .by_jid
+            .get_mut(&self.jid)
+            .and_then(|list| list.iter_mut().find(|w| w.id == self.id));
+        match waiter {
+            Some(w) if w.shaper.is_none() => {
+                w.shaper = Some(shaper);
+                true
+            }
+            _ => false,
+        }
     }
 
     /// Whether any event for this jid was dropped because the queue was full.
@@ -315,7 +333,7 @@ pub(super) fn dispatch(shared: &Shared, event: Event) {
         let mut state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
         // A subscription unregisters (and empties its list) in its own `Drop`.
         for w in state.by_jid.get(jid).into_iter().flatten() {
-            w.inbox.deliver(&event);
+            w.inbox.deliver(&event, w.shaper.as_ref());
         }
         if cache && event.raw_len() < RECENT_BYTES / 4 {
             state.recent_bytes += event.raw_len();

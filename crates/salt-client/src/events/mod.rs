@@ -19,7 +19,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicU8, AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicU8, Ordering};
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -280,15 +280,17 @@ impl EventBus {
         let queue = Arc::new(Inbox::default());
         let mut state = self.shared.state.lock().unwrap_or_else(|p| p.into_inner());
         for ev in state.recent_by_jid.get(jid).into_iter().flatten() {
-            queue.deliver(ev);
+            queue.deliver(ev, None);
         }
+        // Most jids have one waiter: a list for one, not the default four.
         state
             .by_jid
             .entry(jid.to_owned())
-            .or_default()
+            .or_insert_with(|| Vec::with_capacity(1))
             .push(Waiter {
                 id,
                 inbox: queue.clone(),
+                shaper: None,
             });
         drop(state);
         JidSubscription {
