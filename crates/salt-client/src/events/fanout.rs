@@ -362,7 +362,10 @@ pub(super) fn dispatch(shared: &Shared, event: Event) {
             }
         }
     }
-    if shared.next_wanted.swap(false, Ordering::AcqRel) {
+    // A load first: a swap would write to the flag for every event.
+    if shared.next_wanted.load(Ordering::Acquire)
+        && shared.next_wanted.swap(false, Ordering::AcqRel)
+    {
         let waiting =
             std::mem::take(&mut *shared.next_event.lock().unwrap_or_else(|p| p.into_inner()));
         for tx in waiting {
