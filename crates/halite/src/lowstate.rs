@@ -9,7 +9,7 @@ use std::pin::Pin;
 
 use futures_util::TryFutureExt;
 
-use salt_client::clients::{Client, Lowstate, Output, WriteReturn};
+use salt_client::clients::{Client, Lowstate, Output as ClientOutput, WriteReturn};
 use salt_client::{redact, ErrorKind};
 use serde_json::Value as Json;
 
@@ -115,15 +115,14 @@ pub async fn run_answers(
         // Both boxed: this future, which every waiting call holds, keeps a
         // pointer instead of room for the larger of the two.
         let result = if chunk.get("client").and_then(Json::as_str) == Some("local") {
-            Box::pin(run_local(state, chunk, text)).await
+            Box::pin(run_local(state, chunk, text))
+                .await
+                .map(Output::Answer)
         } else {
             let call = Box::pin(state.netapi.run(chunk));
             Box::pin(state.shutdown.or_cut(None, call))
                 .await
-                .map(|output| match output {
-                    Output::One(v) => Ran::One(v),
-                    Output::Many(vs) => Ran::Many(vs),
-                })
+                .map(Output::Client)
         };
         if let Some(attempt) = attempt {
             match &result {
@@ -140,9 +139,9 @@ pub async fn run_answers(
             .metrics
             .observe_call(CallLabels { client, outcome }, started.elapsed());
         match result? {
-            Ran::One(v) => out.push(Answer::Value(v)),
-            Ran::Many(vs) => out.extend(vs.into_iter().map(Answer::Value)),
-            Ran::Text(t) => out.push(Answer::Text(t)),
+            Output::Answer(a) => out.push(a),
+            Output::Client(ClientOutput::One(v)) => out.push(Answer::Value(v)),
+            Output::Client(ClientOutput::Many(vs)) => out.extend(vs.into_iter().map(Answer::Value)),
         }
     }
     Ok(out)
@@ -167,11 +166,10 @@ fn outcome_label(kind: ErrorKind) -> &'static str {
     }
 }
 
-/// What a chunk ran to: a client's output, or a `local` answer's text.
-enum Ran {
-    One(Json),
-    Many(Vec<Json>),
-    Text(Vec<u8>),
+/// What a chunk ran to: a `local` answer, or another client's output.
+enum Output {
+    Answer(Answer),
+    Client(ClientOutput),
 }
 
 /// A synchronous `local` chunk, answered as `Netapi::run` answers it
@@ -185,21 +183,21 @@ async fn run_local(
     state: &AppState,
     mut chunk: Lowstate,
     text: bool,
-) -> Result<Ran, salt_client::SaltError> {
+) -> Result<Answer, salt_client::SaltError> {
     let cut = &state.shutdown;
     let jid = assign_jid(&state.netapi, &mut chunk);
     // The gatherer moves into its boxed answer inside this block: kept in a
     // `match` on the publish, it (and the `?` temporary) would stay in this
     // future, unused, while the call waits (~1.5 KiB per call).
-    let answer: Pin<Box<dyn Future<Output = Result<Ran, salt_client::SaltError>> + Send>> = {
+    let answer: Pin<Box<dyn Future<Output = Result<Answer, salt_client::SaltError>> + Send>> = {
         let write = text.then_some(answer_entry as WriteReturn);
         let started = cut.or_cut(Some(&jid), Box::pin(state.netapi.start_local(chunk, write)));
         let Some(gather) = started.await? else {
-            return Ok(Ran::One(Json::Object(serde_json::Map::new())));
+            return Ok(Answer::Value(Json::Object(serde_json::Map::new())));
         };
         match write {
-            Some(write) => Box::pin(gather.answer_with(write).map_ok(Ran::Text)),
-            None => Box::pin(gather.answer().map_ok(Ran::One)),
+            Some(write) => Box::pin(gather.answer_with(write).map_ok(Answer::Text)),
+            None => Box::pin(gather.answer().map_ok(Answer::Value)),
         }
     };
     cut.or_cut(Some(&jid), answer).await
