@@ -125,17 +125,25 @@ fn to_json_within(value: &Mp, levels: usize) -> Json {
 /// tree. Used for event data, which the bus decodes for every return a
 /// job waits for.
 pub fn decode_to_json(bytes: &[u8]) -> Result<Json, String> {
-    let mut r = JsonReader { buf: bytes, pos: 0 };
+    let mut r = Cursor::new(bytes);
     r.value(0)
 }
 
-struct JsonReader<'a> {
-    buf: &'a [u8],
-    pos: usize,
+/// A cursor over msgpack bytes. `decode_to_json` reads values with it here;
+/// the event bus reads single fields of event data with it without
+/// decoding the rest (`events::map_strings`).
+pub(crate) struct Cursor<'a> {
+    pub(crate) buf: &'a [u8],
+    pub(crate) pos: usize,
 }
 
-impl JsonReader<'_> {
-    fn take(&mut self, n: usize) -> Result<&[u8], String> {
+impl<'a> Cursor<'a> {
+    pub(crate) fn new(buf: &'a [u8]) -> Self {
+        Cursor { buf, pos: 0 }
+    }
+
+    /// The next `n` bytes, consumed.
+    pub(crate) fn take(&mut self, n: usize) -> Result<&'a [u8], String> {
         let end = self
             .pos
             .checked_add(n)
@@ -146,7 +154,8 @@ impl JsonReader<'_> {
         Ok(out)
     }
 
-    fn uint(&mut self, n: usize) -> Result<u64, String> {
+    /// The next `n` bytes as a big-endian unsigned integer, consumed.
+    pub(crate) fn uint(&mut self, n: usize) -> Result<u64, String> {
         Ok(self
             .take(n)?
             .iter()

@@ -4,6 +4,7 @@
 
 #[allow(unused_imports)]
 use super::*;
+use crate::value::Cursor;
 
 /// The most the decoder reserves ahead of data it has not received.
 const RESERVE_STEP: usize = 1 << 20;
@@ -301,7 +302,7 @@ pub fn map_strings<'a>(
     key: &str,
     mut f: impl FnMut(&'a str),
 ) -> std::result::Result<(), String> {
-    let mut r = Walker { buf: data, pos: 0 };
+    let mut r = Cursor::new(data);
     for _ in 0..r.map_len()? {
         let matches = r.str()? == Some(key.as_bytes());
         let items = match (matches, r.peek()?) {
@@ -340,7 +341,7 @@ pub fn map_strings<'a>(
 /// borrowed from it, without decoding anything else; `None` when it is not
 /// there or not a string.
 pub fn map_string<'a>(data: &'a [u8], key: &str) -> std::result::Result<Option<&'a str>, String> {
-    let mut r = Walker { buf: data, pos: 0 };
+    let mut r = Cursor::new(data);
     for _ in 0..r.map_len()? {
         let matches = r.str()? == Some(key.as_bytes());
         match r.str()? {
@@ -352,13 +353,9 @@ pub fn map_string<'a>(data: &'a [u8], key: &str) -> std::result::Result<Option<&
     Ok(None)
 }
 
-/// A cursor over msgpack bytes for [`map_strings`] and [`map_string`].
-struct Walker<'a> {
-    buf: &'a [u8],
-    pos: usize,
-}
-
-impl<'a> Walker<'a> {
+/// What [`map_strings`] and [`map_string`] read with, besides the cursor's
+/// own `take` and `uint`.
+impl<'a> Cursor<'a> {
     /// The number of entries of the map at the cursor, its header consumed.
     fn map_len(&mut self) -> std::result::Result<u64, String> {
         match self.byte()? {
@@ -380,24 +377,6 @@ impl<'a> Walker<'a> {
         let b = self.peek()?;
         self.pos += 1;
         Ok(b)
-    }
-
-    fn take(&mut self, n: usize) -> std::result::Result<&'a [u8], String> {
-        let end = self
-            .pos
-            .checked_add(n)
-            .filter(|e| *e <= self.buf.len())
-            .ok_or("truncated msgpack")?;
-        let out = &self.buf[self.pos..end];
-        self.pos = end;
-        Ok(out)
-    }
-
-    fn uint(&mut self, n: usize) -> std::result::Result<u64, String> {
-        Ok(self
-            .take(n)?
-            .iter()
-            .fold(0u64, |acc, b| (acc << 8) | u64::from(*b)))
     }
 
     /// The string (or binary) at the cursor, consumed; `None`, and nothing
