@@ -80,7 +80,17 @@ fn credentials(auth: &str, s: &Secrets) -> Map<String, Value> {
             m = hal("differential");
             m.remove("username");
         }
-        "eauth_unknown" => m = eauth_creds("nosuch", "hal", "differential"),
+        "eauth_unknown" => {
+            // A user of its own per case: the corpus has six of these
+            // failed logins, and halite's login throttle (which salt-api
+            // lacks) refuses a sixth failure of one user at one address
+            // within a minute, with 429. Whether the six fell within a
+            // minute of each other depended on how fast the cases between
+            // them ran.
+            static NEXT: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+            let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+            m = eauth_creds("nosuch", &format!("hal-unknown-{n}"), "differential")
+        }
         "token" => m = tok(&s.token),
         "token_unknown" => {
             m = tok("00112233445566778899aabbccddeeff00112233445566778899aabbccddeeff")
