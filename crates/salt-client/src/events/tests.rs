@@ -3,6 +3,14 @@
 use super::*;
 use serde_json::json;
 
+/// A bus whose master is never there: events reach it through `dispatch`.
+fn offline_bus() -> EventBus {
+    EventBus::start_at(
+        Endpoint::Unix("/nonexistent/pub".into()),
+        Endpoint::Unix("/nonexistent/pull".into()),
+    )
+}
+
 fn frame_bytes(tag: &str, data: &Json, framing: Framing) -> Vec<u8> {
     encode_frame(&pack_body(tag, data), framing)
 }
@@ -47,10 +55,7 @@ fn frame_walker_matches_a_full_decode() {
 
 #[tokio::test]
 async fn recent_runner_events_are_replayed_and_evicted() {
-    let bus = EventBus::start_at(
-        Endpoint::Unix("/nonexistent/pub".into()),
-        Endpoint::Unix("/nonexistent/pull".into()),
-    );
+    let bus = offline_bus();
     let data = Bytes::from(value::encode(&value::from_json(&json!({"return": 1}))));
     for i in 0..(RECENT_EVENTS + 10) {
         dispatch(
@@ -84,10 +89,7 @@ async fn drain(w: &mut JidSubscription) -> Vec<Arc<Event>> {
 
 #[tokio::test]
 async fn a_full_waiter_loses_other_events_but_never_a_return() {
-    let bus = EventBus::start_at(
-        Endpoint::Unix("/nonexistent/pub".into()),
-        Endpoint::Unix("/nonexistent/pull".into()),
-    );
+    let bus = offline_bus();
     let jid = "20260101000000000001";
     let mut w = bus.subscribe_jid(jid);
     let data = Bytes::from(value::encode(&value::from_json(&json!({"return": true}))));
@@ -128,10 +130,7 @@ async fn a_full_waiter_loses_other_events_but_never_a_return() {
 
 #[tokio::test]
 async fn a_waiting_receiver_is_woken_and_a_cancelled_one_loses_nothing() {
-    let bus = EventBus::start_at(
-        Endpoint::Unix("/nonexistent/pub".into()),
-        Endpoint::Unix("/nonexistent/pull".into()),
-    );
+    let bus = offline_bus();
     let jid = "20260101000000000002";
     let data = Bytes::from(value::encode(&value::from_json(&json!({"return": true}))));
     let mut w = bus.subscribe_jid(jid);
@@ -162,10 +161,7 @@ async fn a_waiting_receiver_is_woken_and_a_cancelled_one_loses_nothing() {
 
 #[tokio::test]
 async fn returns_are_bounded_by_bytes() {
-    let bus = EventBus::start_at(
-        Endpoint::Unix("/nonexistent/pub".into()),
-        Endpoint::Unix("/nonexistent/pull".into()),
-    );
+    let bus = offline_bus();
     let jid = "20260101000000000002";
     let mut w = bus.subscribe_jid(jid);
     // One shared 1 MiB buffer, charged per event as if each were its own.
@@ -268,10 +264,7 @@ fn garbage_prefixed_length_is_an_error_not_an_allocation() {
 
 #[tokio::test]
 async fn a_shaping_waiter_gets_its_returns_shaped_and_the_rest_as_events() {
-    let bus = EventBus::start_at(
-        Endpoint::Unix("/nonexistent/pub".into()),
-        Endpoint::Unix("/nonexistent/pull".into()),
-    );
+    let bus = offline_bus();
     let jid = "20260101000000000003";
     let mut w = bus.subscribe_jid(jid);
     let data = Bytes::from(value::encode(&value::from_json(&json!({"return": true}))));
@@ -328,10 +321,7 @@ async fn a_shaping_waiter_gets_its_returns_shaped_and_the_rest_as_events() {
 
 #[tokio::test]
 async fn shaped_returns_are_bounded_by_bytes() {
-    let bus = EventBus::start_at(
-        Endpoint::Unix("/nonexistent/pub".into()),
-        Endpoint::Unix("/nonexistent/pull".into()),
-    );
+    let bus = offline_bus();
     let jid = "20260101000000000004";
     let w = bus.subscribe_jid(jid);
     // A shaper that makes 1 MiB of text of each return.
@@ -367,10 +357,7 @@ fn a_queued_delivery_is_three_words() {
 
 #[tokio::test]
 async fn next_event_is_one_event_and_no_subscription() {
-    let bus = EventBus::start_at(
-        Endpoint::Unix("/nonexistent/pub".into()),
-        Endpoint::Unix("/nonexistent/pull".into()),
-    );
+    let bus = offline_bus();
     let data = Bytes::from(value::encode(&value::from_json(&json!({"a": 1}))));
     // Callers that gave up are forgotten by the next caller.
     for _ in 0..100 {
