@@ -17,6 +17,7 @@ Writes one JSON document (--out) and prints a Markdown table.
 import argparse
 import json
 import os
+import re
 import signal
 import socket
 import statistics
@@ -81,12 +82,16 @@ def stop(p):
             p.wait()
 
 
-BODY = json.dumps([{"client": "local", "tgt": "*", "fun": "test.ping", "timeout": 60,
-                    "eauth": "auto", "username": "saltdev", "password": "saltdev"}]).encode()
+def body(fun):
+    return json.dumps([{"client": "local", "tgt": "*", "fun": fun, "timeout": 60,
+                        "eauth": "auto", "username": "saltdev", "password": "saltdev"}]).encode()
 
 
-def call(port, accept):
-    req = urllib.request.Request(f"http://127.0.0.1:{port}/", data=BODY, method="POST",
+BODY = body("test.ping")
+
+
+def call(port, accept, data=BODY):
+    req = urllib.request.Request(f"http://127.0.0.1:{port}/", data=data, method="POST",
                                  headers={"Content-Type": "application/json", "Accept": accept})
     t = time.perf_counter()
     with urllib.request.urlopen(req, timeout=600) as r:
@@ -97,13 +102,18 @@ def call(port, accept):
 def count_returns(body, accept, n):
     if accept == "application/json":
         ret = json.loads(body)["return"][0]
-        return sum(1 for v in ret.values() if v is True)
+        return sum(1 for v in ret.values() if returned(v))
     ok = 0
     for line in body.splitlines():
         obj = json.loads(line)
-        if obj.get("return") is True:
+        if returned(obj.get("return")):
             ok += 1
     return ok
+
+
+def returned(v):
+    """A minion's return: `True` (test.ping) or its grains (grains.items)."""
+    return v is True or (isinstance(v, dict) and "id" in v)
 
 
 def halite_runs(a, cfg, wsgi, n, accept):
@@ -118,14 +128,15 @@ def halite_runs(a, cfg, wsgi, n, accept):
         time.sleep(0.3 if not a.halite_wrap else 5)
         hpid = halite_pid(h)
         idle_kib = status_kib(hpid, "VmRSS")
-        call(wsgi, accept)
+        data = body(a.fun)
+        call(wsgi, accept, data)
         rows = []
         for _ in range(a.reps):
             c0 = cpu_s(hpid)
-            wall, body = call(wsgi, accept)
+            wall, answer = call(wsgi, accept, data)
             cpu = cpu_s(hpid) - c0
-            rows.append({"wall_s": wall, "cpu_s": cpu, "bytes": len(body),
-                         "complete": count_returns(body, accept, n)})
+            rows.append({"wall_s": wall, "cpu_s": cpu, "bytes": len(answer),
+                         "complete": count_returns(answer, accept, n)})
         peak_kib = status_kib(hpid, "VmHWM")
     finally:
         # Under a wrapper (heaptrack) halite is its child: stop halite, then
@@ -309,15 +320,19 @@ def main():
     p.add_argument("--settle-secs", type=int, default=15,
                    help="after an in-flight run, wait this long and read halite's RSS again")
     p.add_argument("--halite-wrap", default="", help="command to run halite under (heaptrack)")
-    p.add_argument("--halite-env", default="", help="NAME=VALUE,... added to halite's environment")
+    p.add_argument("--halite-env", default="", help="NAME=VALUE,... added to halite's environment (a comma not followed by NAME= stays in the value)")
+    p.add_argument("--fun", default="test.ping",
+                   help="the function called: test.ping, or grains.items (~6 KiB a minion)")
     p.add_argument("--kinds", default="json,ndjson", help="answers to measure (a build without streaming: json)")
     p.add_argument("--out", required=True)
     a = p.parse_args()
     a.halite_wrap = a.halite_wrap.split()
-    a.halite_env = dict(kv.split("=", 1) for kv in a.halite_env.split(",") if kv)
+    # A value may hold commas (jemalloc's "narenas:1,tcache:false"): split
+    # only at a comma that starts another NAME=.
+    a.halite_env = dict(kv.split("=", 1) for kv in re.split(r",(?=[A-Za-z_][A-Za-z0-9_]*=)", a.halite_env) if kv)
     os.makedirs(a.workdir, exist_ok=True)
     port, wsgi, cp = a.port, a.port - 5, a.port - 4
-    results = {"loadavg_start": os.getloadavg(), "nproc": os.cpu_count(), "counts": [],
+    results = {"loadavg_start": os.getloadavg(), "nproc": os.cpu_count(), "counts": [], "fun": a.fun,
                "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     for n in [int(x) for x in a.minions.split(",") if x]:
         nd = f"{a.workdir}/null-{n}"
@@ -367,8 +382,10 @@ def main():
 
 
 def table(r):
-    lines = ["| minions | answer | wall s | halite CPU ms | CPU µs/return | peak RSS MiB (idle) | response bytes | complete |",
-             "|---:|---|---:|---:|---:|---:|---:|---:|"]
+    lines = [f"{r.get('fun', 'test.ping')}:", "",
+             "| minions | answer | wall s | halite CPU ms | CPU µs/return | peak RSS MiB (idle) | response bytes "
+             "| growth ÷ response | complete |",
+             "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
     for row in r["counts"]:
         n = row["minions"]
         for kind in ("json", "ndjson", "localclient"):
@@ -379,8 +396,12 @@ def table(r):
                 lines.append(f"| {n:,} | {kind} | error: {' '.join(d['error'])[:120]} | | | | | |")
                 continue
             rss = f"{d['peak_rss_mib']:.1f}" + (f" ({d['idle_rss_mib']:.1f})" if "idle_rss_mib" in d else "")
+            ratio = ""
+            if "idle_rss_mib" in d and d.get("bytes"):
+                ratio = f"{(d['peak_rss_mib'] - d['idle_rss_mib']) * 1048576 / d['bytes']:.2f}"
             lines.append(f"| {n:,} | {kind} | {d['wall_s']:.3f} | {d['cpu_s'] * 1000:.1f} | "
-                         f"{d['cpu_us_per_return']:.2f} | {rss} | {d.get('bytes', 0):,} | {d['complete_min']:,}/{n:,} |")
+                         f"{d['cpu_us_per_return']:.2f} | {rss} | {d.get('bytes', 0):,} | {ratio} "
+                         f"| {d['complete_min']:,}/{n:,} |")
     if r.get("inflight"):
         lines += ["", "| in flight | HTTP | connections | completed | failed+incomplete | idle RSS MiB | peak RSS MiB | KiB per call | RSS MiB after |",
                   "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]

@@ -374,6 +374,17 @@ pub fn get<'a>(map: &'a Mp, key: &str) -> Option<&'a Mp> {
     }
 }
 
+/// Take the value of `key` out of `map`, without a copy of it.
+pub fn take(map: Mp, key: &str) -> Option<Mp> {
+    match map {
+        Mp::Map(pairs) => pairs
+            .into_iter()
+            .find(|(k, _)| k.as_str() == Some(key))
+            .map(|(_, v)| v),
+        _ => None,
+    }
+}
+
 /// Build a msgpack map from string keys.
 pub fn map<I, K>(pairs: I) -> Mp
 where

@@ -7,6 +7,7 @@
 //! (docs/PROTOCOL.md §5.1) and dispatches on `client`.
 
 mod batch;
+mod expected;
 mod local;
 mod low;
 mod runner;

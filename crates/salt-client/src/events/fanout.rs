@@ -25,12 +25,12 @@ impl Drop for Waiter {
 
 /// A return the bus shaped for its waiter the moment it arrived (see
 /// [`JidSubscription::shape_returns`]): the minion id, and the text the
-/// waiter's answer holds for it, in one allocation. The event itself (its
-/// frame, tag and decoded data) is gone by then.
+/// waiter's answer holds for it. The event itself (its frame, tag and
+/// decoded data) is gone by then.
 #[derive(Debug)]
 pub struct Shaped {
     /// The id's bytes, then the text's.
-    bytes: Box<[u8]>,
+    bytes: Bytes,
     id_len: u32,
 }
 
@@ -41,7 +41,7 @@ impl Shaped {
         let mut bytes = id.as_bytes().to_vec();
         write(&mut bytes);
         Some(Shaped {
-            bytes: bytes.into_boxed_slice(),
+            bytes: Bytes::from(bytes),
             id_len,
         })
     }
@@ -54,7 +54,7 @@ impl Shaped {
 
     /// Its text, without a copy.
     pub fn into_text(self) -> Bytes {
-        Bytes::from(self.bytes).slice(self.id_len as usize..)
+        self.bytes.slice(self.id_len as usize..)
     }
 
     fn len(&self) -> usize {
@@ -73,9 +73,62 @@ pub enum Delivery {
 /// to be queued as it is.
 pub type Shaper = Box<dyn Fn(&Event) -> Option<Shaped> + Send + Sync>;
 
-/// What a shaped return is charged besides its id and text (its queue
-/// slot and allocation).
-pub(super) const SHAPED_OVERHEAD: usize = 48;
+/// What a shaped return is charged besides its id and text: its header in
+/// the run it is queued in.
+pub(super) const SHAPED_OVERHEAD: usize = 8;
+
+/// Shaped returns queued one after another are appended to one buffer
+/// (`Queued::Returns`), up to this many bytes a buffer: a job whose
+/// 10,000 returns arrive before its waiter reads them then queues their
+/// text and a header each, not 10,000 allocations and queue slots.
+pub(super) const RUN_BYTES: usize = 16 << 10;
+
+/// An entry of a waiter's queue.
+#[derive(Debug)]
+pub(super) enum Queued {
+    Event(Arc<Event>),
+    /// A run of shaped returns, each `[id length][text length]` (`u32`,
+    /// little-endian), the id, then the text.
+    Returns(BytesMut),
+}
+
+impl Queued {
+    /// Append `shaped` to the run at the back of `queue`, or start one.
+    fn push_shaped(queue: &mut VecDeque<Queued>, shaped: &Shaped) {
+        let len = SHAPED_OVERHEAD + shaped.len();
+        // A run grows as a `Vec` does while it is small (a call with a few
+        // returns pays for those); once one is full, the next has a fixed
+        // room.
+        let (fits, full) = match queue.back() {
+            Some(Queued::Returns(run)) if run.capacity() < RUN_BYTES => (true, false),
+            Some(Queued::Returns(run)) => (run.capacity() - run.len() >= len, true),
+            _ => (false, false),
+        };
+        if !fits {
+            let room = if full { RUN_BYTES.max(len) } else { len };
+            queue.push_back(Queued::Returns(BytesMut::with_capacity(room)));
+        }
+        let Some(Queued::Returns(run)) = queue.back_mut() else {
+            return; // a run is at the back: found or pushed above
+        };
+        // Within `u32`: `Shaped::new` checked the id, and the return bound
+        // (`JID_RETURN_BYTES`) admitted the whole.
+        run.extend_from_slice(&shaped.id_len.to_le_bytes());
+        run.extend_from_slice(&((shaped.len() - shaped.id_len as usize) as u32).to_le_bytes());
+        run.extend_from_slice(&shaped.bytes);
+    }
+
+    /// Take the first return of a run (written by `push_shaped`).
+    fn pop_shaped(run: &mut BytesMut) -> Shaped {
+        let word = |at: usize| u32::from_le_bytes([run[at], run[at + 1], run[at + 2], run[at + 3]]);
+        let (id_len, text_len) = (word(0), word(4));
+        let mut record = run.split_to(SHAPED_OVERHEAD + id_len as usize + text_len as usize);
+        Shaped {
+            bytes: record.split_off(SHAPED_OVERHEAD).freeze(),
+            id_len,
+        }
+    }
+}
 
 /// A jid waiter's queue: the events dispatched to it and not yet received,
 /// within its bounds.
@@ -86,7 +139,7 @@ pub(super) const SHAPED_OVERHEAD: usize = 48;
 /// counters) where this takes ~150, and a few pointers once returns arrive.
 #[derive(Default)]
 pub(super) struct Inbox {
-    pub(super) events: Mutex<VecDeque<Delivery>>,
+    pub(super) events: Mutex<VecDeque<Queued>>,
     arrived: tokio::sync::Notify,
     /// The waiter is gone from the bus (unregistered, or the bus dropped).
     closed: AtomicBool,
@@ -105,16 +158,19 @@ impl Inbox {
             Some(shape) if is_return_tag(&event.tag) => shape(event),
             _ => None,
         };
-        let delivery = match shaped {
-            Some(s) if self.admit_return(Self::shaped_cost(&s)) => Delivery::Shaped(s),
+        match shaped {
+            Some(s) if self.admit_return(Self::shaped_cost(&s)) => {
+                let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+                Queued::push_shaped(&mut events, &s);
+            }
             Some(_) => return,
-            None if self.admit(event) => Delivery::Event(event.clone()),
+            None if self.admit(event) => self
+                .events
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .push_back(Queued::Event(event.clone())),
             None => return,
-        };
-        self.events
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .push_back(delivery);
+        }
         self.arrived.notify_one();
     }
 
@@ -125,11 +181,20 @@ impl Inbox {
             // `closed` is read before the queue: an event delivered before
             // the waiter was dropped is still received.
             let closed = self.closed.load(Ordering::Acquire);
-            let delivery = self
-                .events
-                .lock()
-                .unwrap_or_else(|p| p.into_inner())
-                .pop_front();
+            let delivery = {
+                let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
+                match events.pop_front() {
+                    Some(Queued::Returns(mut run)) => {
+                        let shaped = Queued::pop_shaped(&mut run);
+                        if !run.is_empty() {
+                            events.push_front(Queued::Returns(run));
+                        }
+                        Some(Delivery::Shaped(shaped))
+                    }
+                    Some(Queued::Event(ev)) => Some(Delivery::Event(ev)),
+                    None => None,
+                }
+            };
             match delivery {
                 Some(d) => {
                     match &d {

@@ -339,19 +339,89 @@ async fn shaped_returns_are_bounded_by_bytes() {
         );
     }
     assert!(w.lost_returns());
-    let queued = w.queue.events.lock().expect("lock").len();
+    let queued: usize = w
+        .queue
+        .events
+        .lock()
+        .expect("lock")
+        .iter()
+        .map(|q| match q {
+            Queued::Returns(run) => run.len(),
+            Queued::Event(_) => 0,
+        })
+        .sum();
     let each = (1 << 20) + "m-100".len() + SHAPED_OVERHEAD;
-    assert!(queued < n && queued.abs_diff(JID_RETURN_BYTES / each) <= 1);
+    assert!(queued <= JID_RETURN_BYTES && queued + each > JID_RETURN_BYTES);
+    assert_eq!(
+        queued,
+        w.queue.return_bytes.load(Ordering::Relaxed) as usize
+    );
+}
+
+#[tokio::test]
+async fn returns_that_arrive_together_share_runs_of_text() {
+    let bus = offline_bus();
+    let jid = "20260101000000000005";
+    let mut w = bus.subscribe_jid(jid);
+    w.shape_returns(Box::new(|ev: &Event| {
+        Shaped::new(ev.tag.rsplit('/').next()?, |out| {
+            out.extend_from_slice(b"true")
+        })
+    }));
+    let data = Bytes::from(value::encode(&value::from_json(&json!({"return": true}))));
+    let ret = |m: &str| Event::new(format!("salt/job/{jid}/ret/{m}"), data.clone());
+    // 10,000 returns before the waiter reads any: a few runs, each within
+    // its room (a slot and an allocation each would be ~60 bytes a return).
+    for i in 0..10_000 {
+        dispatch(&bus.shared, ret(&format!("m-{i}")));
+    }
+    dispatch(
+        &bus.shared,
+        Event::new(format!("salt/job/{jid}/new"), data.clone()),
+    );
+    dispatch(&bus.shared, ret("last"));
+    {
+        let queue = w.queue.events.lock().expect("lock");
+        let room: usize = queue
+            .iter()
+            .map(|q| match q {
+                Queued::Returns(run) => run.capacity(),
+                Queued::Event(_) => 0,
+            })
+            .sum();
+        let text: usize = (0..10_000)
+            .map(|i| format!("m-{i}true").len() + SHAPED_OVERHEAD)
+            .sum();
+        assert!(queue.len() < 30, "{} entries", queue.len());
+        // Each run is full to within one return but the last: at most one
+        // run's room beyond the text, and a return's for each run.
+        let slack = RUN_BYTES + queue.len() * "m-9999true".len();
+        assert!(room <= text + slack, "{room} bytes of room for {text}");
+    }
+    for i in 0..10_000 {
+        match w.recv_delivery().await {
+            Some(Delivery::Shaped(s)) => {
+                assert_eq!(s.id(), format!("m-{i}"));
+                assert_eq!(&s.into_text()[..], b"true");
+            }
+            other => panic!("{other:?}"),
+        }
+    }
+    assert!(
+        matches!(w.recv_delivery().await, Some(Delivery::Event(ev)) if ev.tag.ends_with("/new"))
+    );
+    assert!(matches!(w.recv_delivery().await, Some(Delivery::Shaped(s)) if s.id() == "last"));
+    assert_eq!(w.queue.return_bytes.load(Ordering::Relaxed), 0);
+    assert!(w.queue.events.lock().expect("lock").is_empty());
 }
 
 #[test]
-fn a_queued_delivery_is_three_words() {
-    // Every queued return costs a slot of this size: a shaped return's id
-    // and text are one allocation, not two boxes beside each other.
+fn a_queued_event_is_a_few_words() {
+    // Every waiter queue slot is this size.
     assert!(
-        std::mem::size_of::<Delivery>() <= 24,
+        std::mem::size_of::<Queued>() <= 32,
         "{}",
-        std::mem::size_of::<Delivery>()
+        std::mem::size_of::<Queued>()
     );
 }
 

@@ -163,6 +163,9 @@ pub fn pong_for(ping_body: &[u8]) -> Vec<u8> {
 /// hundred bytes, and a burst of calls opens hundreds of connections at once.
 const INITIAL_BUFFER: usize = 1024;
 
+/// Past this many bytes of reply, the buffer it was read into is not kept.
+const KEEP_BUFFER: usize = 16 * 1024;
+
 /// A connected, handshaken DEALER connection.
 pub struct ZmtpConnection {
     stream: TcpStream,
@@ -243,9 +246,17 @@ impl ZmtpConnection {
             }
         }
         // The reply is [<empty delimiter>, payload]; take the last part.
-        parts
+        let reply = parts
             .pop()
-            .ok_or_else(|| ZmtpError::Protocol("empty reply".into()))
+            .ok_or_else(|| ZmtpError::Protocol("empty reply".into()))?;
+        if reply.len() > KEEP_BUFFER && self.buf.is_empty() {
+            // The reply was read into (and still shares) a buffer grown
+            // for it; the pooled connection would keep that allocation
+            // once the reply is dropped. A publish to 10,000 minions is
+            // ~180 KiB, a wheel's key list can be megabytes.
+            self.buf = BytesMut::with_capacity(INITIAL_BUFFER);
+        }
+        Ok(reply)
     }
 
     /// True when the idle connection is still usable: nothing unexpected to
@@ -305,6 +316,39 @@ mod tests {
         body.extend_from_slice(&0u32.to_be_bytes());
         put_frame(&mut g, &body, false, true);
         g
+    }
+
+    #[tokio::test]
+    async fn a_large_reply_does_not_stay_in_the_pooled_connection() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind");
+        let addr = listener.local_addr().expect("addr").to_string();
+        let server = tokio::spawn(async move {
+            let (mut peer, _) = listener.accept().await.expect("accept");
+            // The handshake, then two replies, whatever was asked.
+            let mut out = server_hello_3008();
+            for size in [200 * 1024, 10] {
+                put_frame(&mut out, b"", true, false);
+                put_frame(&mut out, &vec![b'x'; size], false, false);
+            }
+            peer.write_all(&out).await.expect("write");
+            let mut sink = Vec::new();
+            let _ = tokio::io::AsyncReadExt::read_to_end(&mut peer, &mut sink).await;
+        });
+        let mut conn = ZmtpConnection::connect(&addr).await.expect("connect");
+        let big = conn.request(b"first").await.expect("first reply");
+        assert_eq!(big.len(), 200 * 1024);
+        drop(big);
+        // Kept, the grown buffer could be reclaimed now without allocating.
+        assert!(
+            !conn.buf.try_reclaim(64 * 1024),
+            "the reply's buffer was kept"
+        );
+        let small = conn.request(b"second").await.expect("second reply");
+        assert_eq!(&small[..], &[b'x'; 10]);
+        drop(conn);
+        server.await.expect("server");
     }
 
     #[test]

@@ -1,0 +1,252 @@
+//! The minions a `local` job waits for, held compactly: a job to 30,000
+//! minions keeps 30,000 ids for as long as it runs, and every waiting call
+//! keeps its own.
+//!
+//! The ids are one string, one after another; a table of `u32` indices
+//! finds an id by name. That is the name's bytes and ~13 bytes an id, where
+//! a map of `String`s costs ~80 (the `String`, its allocation, the entry
+//! and the map's index).
+
+use std::collections::hash_map::RandomState;
+use std::hash::BuildHasher;
+
+use hashbrown::HashTable;
+
+/// Which minions a job is waiting for, in the order they became known.
+/// Every question the gathering loop asks per event is a hash lookup or a
+/// counter, so a return costs the same with 10 or 30,000 minions.
+#[derive(Debug, Default)]
+pub(super) struct Expected {
+    /// Every id, one after another, in the order they became known.
+    names: String,
+    /// For each id in that order: where its name ends in `names`, and what
+    /// is known of it.
+    ids: Vec<Known>,
+    /// Indices into `ids`, found by name. Keyed with SipHash: the names
+    /// come from the master and from events any minion can fire.
+    index: HashTable<u32>,
+    hasher: RandomState,
+    /// Known, not returned and not missing.
+    pending: usize,
+}
+
+#[derive(Debug, Clone, Copy)]
+struct Known {
+    end: u32,
+    status: Status,
+}
+
+/// What is known of one expected minion.
+#[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
+pub(super) struct Status {
+    pub returned: bool,
+    /// Targeted, but the master has no accepted key by that name.
+    pub missing: bool,
+}
+
+impl Expected {
+    /// Room for `ids` ids of `bytes` bytes in all, allocated once.
+    pub fn with_capacity(ids: usize, bytes: usize) -> Self {
+        let mut expected = Expected::default();
+        expected.names.reserve_exact(bytes);
+        expected.ids.reserve_exact(ids);
+        expected.index = HashTable::with_capacity(ids);
+        expected
+    }
+
+    /// `id` is targeted (a no-op if it is already known).
+    pub fn expect(&mut self, id: &str) {
+        if self.find(id).is_none() && self.insert(id, Status::default()).is_some() {
+            self.pending += 1;
+        }
+    }
+
+    /// `id` is targeted but has no accepted key.
+    pub fn mark_missing(&mut self, id: &str) {
+        self.expect(id);
+        let Some(i) = self.find(id) else { return };
+        let status = &mut self.ids[i].status;
+        if !status.missing {
+            status.missing = true;
+            if !status.returned {
+                self.pending -= 1;
+            }
+        }
+    }
+
+    /// Record a return; `false` if `id` had already returned.
+    pub fn mark_returned(&mut self, id: &str) -> bool {
+        let Some(i) = self.find(id) else {
+            // Not targeted as far as we know: kept, so that a second
+            // return of it is not counted again.
+            let returned = Status {
+                returned: true,
+                missing: false,
+            };
+            return self.insert(id, returned).is_some();
+        };
+        let status = &mut self.ids[i].status;
+        if status.returned {
+            return false;
+        }
+        status.returned = true;
+        if !status.missing {
+            self.pending -= 1;
+        }
+        true
+    }
+
+    pub fn returned(&self, id: &str) -> bool {
+        self.find(id).is_some_and(|i| self.ids[i].status.returned)
+    }
+
+    /// Known, not returned and not missing.
+    pub fn pending(&self) -> usize {
+        self.pending
+    }
+
+    /// Every known minion has returned or is missing.
+    pub fn done(&self) -> bool {
+        self.pending == 0 && !self.ids.is_empty()
+    }
+
+    /// Every known id with its status, in the order they became known.
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, Status)> {
+        (0..self.ids.len()).map(|i| (name(&self.names, &self.ids, i), self.ids[i].status))
+    }
+
+    /// The ids still pending, for a `saltutil.find_job` probe.
+    pub fn pending_list(&self) -> Vec<String> {
+        self.iter()
+            .filter(|(_, s)| !s.returned && !s.missing)
+            .map(|(id, _)| id.to_owned())
+            .collect()
+    }
+
+    /// The heap bytes held (what the size test checks).
+    #[cfg(test)]
+    fn heap_bytes(&self) -> usize {
+        self.names.capacity()
+            + self.ids.capacity() * std::mem::size_of::<Known>()
+            + self.index.allocation_size()
+    }
+
+    fn find(&self, id: &str) -> Option<usize> {
+        let hash = self.hasher.hash_one(id);
+        let (names, ids) = (&self.names, &self.ids);
+        self.index
+            .find(hash, |&i| name(names, ids, i as usize) == id)
+            .map(|&i| i as usize)
+    }
+
+    /// Add an id not yet known. `None` (and nothing added) past 4 GiB of
+    /// names or 4 billion ids, which bounded replies and events cannot
+    /// reach.
+    fn insert(&mut self, id: &str, status: Status) -> Option<usize> {
+        let end = u32::try_from(self.names.len() + id.len()).ok()?;
+        let i = u32::try_from(self.ids.len()).ok()?;
+        self.names.push_str(id);
+        self.ids.push(Known { end, status });
+        let (names, ids, hasher) = (&self.names, &self.ids, &self.hasher);
+        self.index.insert_unique(hasher.hash_one(id), i, |&j| {
+            hasher.hash_one(name(names, ids, j as usize))
+        });
+        Some(i as usize)
+    }
+}
+
+fn name<'a>(names: &'a str, ids: &[Known], i: usize) -> &'a str {
+    let start = match i {
+        0 => 0,
+        _ => ids[i - 1].end as usize,
+    };
+    &names[start..ids[i].end as usize]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ids(n: usize) -> Vec<String> {
+        (0..n).map(|i| format!("minion-{i:05}")).collect()
+    }
+
+    #[test]
+    fn counts_each_minion_once_whatever_comes_first() {
+        let mut e = Expected::default();
+        assert!(!e.done(), "nothing known is not done");
+        e.expect("a");
+        e.expect("b");
+        e.expect("a");
+        assert_eq!(e.pending(), 2);
+        assert!(e.mark_returned("a"));
+        assert!(!e.mark_returned("a"), "a second return is not counted");
+        assert_eq!(e.pending(), 1);
+        // A return from a minion the job did not list is kept, not pending.
+        assert!(e.mark_returned("stray"));
+        assert!(!e.mark_returned("stray"));
+        assert_eq!(e.pending(), 1);
+        e.mark_missing("c");
+        assert_eq!(e.pending(), 1, "a missing minion is not waited for");
+        assert_eq!(e.pending_list(), ["b"]);
+        e.mark_missing("b");
+        assert!(e.done());
+        assert!(e.mark_returned("b"), "a missing minion may still return");
+        assert!(e.returned("b") && !e.returned("c"));
+        let all: Vec<_> = e.iter().collect();
+        let st = |returned, missing| Status { returned, missing };
+        assert_eq!(
+            all,
+            [
+                ("a", st(true, false)),
+                ("b", st(true, true)),
+                ("stray", st(true, false)),
+                ("c", st(false, true)),
+            ]
+        );
+    }
+
+    #[test]
+    fn ten_thousand_ids_are_found_and_kept_in_order() {
+        let names = ids(10_000);
+        let mut e = Expected::with_capacity(names.len(), names.iter().map(String::len).sum());
+        for n in &names {
+            e.expect(n);
+        }
+        assert_eq!(e.pending(), 10_000);
+        for n in names.iter().rev() {
+            assert!(e.mark_returned(n), "{n}");
+        }
+        assert!(e.done());
+        assert!(e
+            .iter()
+            .map(|(id, _)| id)
+            .eq(names.iter().map(String::as_str)));
+    }
+
+    #[test]
+    fn an_id_costs_its_name_and_a_few_bytes() {
+        let names = ids(30_000);
+        let bytes: usize = names.iter().map(String::len).sum();
+        let mut e = Expected::with_capacity(names.len(), bytes);
+        for n in &names {
+            e.expect(n);
+        }
+        let per_id = (e.heap_bytes() - bytes) / names.len();
+        // 8 bytes in `ids`, a 4-byte index and a control byte in a table
+        // kept at most 7/8 full (rounded up to a power of two).
+        assert!(per_id <= 20, "{per_id} bytes an id beyond its name");
+    }
+
+    #[test]
+    fn ids_that_are_prefixes_of_each_other_stay_apart() {
+        let mut e = Expected::default();
+        for id in ["", "a", "ab", "abc", "b"] {
+            e.expect(id);
+        }
+        assert_eq!(e.pending(), 5);
+        assert!(e.mark_returned("ab"));
+        assert!(e.returned("ab") && !e.returned("a") && !e.returned("abc"));
+        assert_eq!(e.pending_list(), ["", "a", "abc", "b"]);
+    }
+}
