@@ -210,9 +210,9 @@ async fn run_sub_batch(master: Master, job: LocalJob, tx: mpsc::Sender<Msg>) {
             .await;
     }
     // Targets the master did not accept at all free their slots too.
-    let seen: std::collections::HashSet<&String> =
+    let seen: std::collections::HashSet<&str> =
         reply.minions.iter().chain(reply.missing.iter()).collect();
-    for id in targets.iter().filter(|t| !seen.contains(t)) {
+    for id in targets.iter().filter(|t| !seen.contains(t.as_str())) {
         let _ = tx
             .send(Msg::Return(
                 id.clone(),

@@ -1,16 +1,82 @@
-//! The minions a `local` job waits for, held compactly: a job to 30,000
-//! minions keeps 30,000 ids for as long as it runs, and every waiting call
-//! keeps its own.
+//! Minion ids held compactly: a job to 30,000 minions keeps 30,000 ids for
+//! as long as it runs, and every waiting call keeps its own.
 //!
-//! The ids are one string, one after another; a table of `u32` indices
-//! finds an id by name. That is the name's bytes and ~13 bytes an id, where
-//! a map of `String`s costs ~80 (the `String`, its allocation, the entry
-//! and the map's index).
+//! [`Names`] is a list of ids (what a publish reply lists), [`Expected`]
+//! the ids a `local` job waits for and what is known of each. Both keep
+//! the ids in one string, one after another: a name's bytes and 4 bytes
+//! an id in a list, ~13 bytes in the set (its table of `u32` indices),
+//! where a `String` each costs ~56 in a list and ~80 in a map (the
+//! `String`, its allocation, the entry and the map's index).
 
 use std::collections::hash_map::RandomState;
 use std::hash::BuildHasher;
 
 use hashbrown::HashTable;
+
+/// A list of minion ids, in one string.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Names {
+    text: String,
+    /// Where each id ends in `text`.
+    ends: Vec<u32>,
+}
+
+impl Names {
+    /// Room for `ids` ids of `bytes` bytes in all, allocated once.
+    pub fn with_capacity(ids: usize, bytes: usize) -> Self {
+        Names {
+            text: String::with_capacity(bytes),
+            ends: Vec::with_capacity(ids),
+        }
+    }
+
+    /// Append `id`; `false` (and nothing added) past 4 GiB of names,
+    /// which bounded replies cannot reach.
+    pub fn push(&mut self, id: &str) -> bool {
+        let Ok(end) = u32::try_from(self.text.len() + id.len()) else {
+            return false;
+        };
+        self.text.push_str(id);
+        self.ends.push(end);
+        true
+    }
+
+    pub fn len(&self) -> usize {
+        self.ends.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ends.is_empty()
+    }
+
+    /// The bytes of all the ids.
+    pub fn text_len(&self) -> usize {
+        self.text.len()
+    }
+
+    pub fn iter(&self) -> impl ExactSizeIterator<Item = &str> + Clone {
+        (0..self.ends.len()).map(|i| {
+            let start = i.checked_sub(1).map_or(0, |p| self.ends[p] as usize);
+            &self.text[start..self.ends[i] as usize]
+        })
+    }
+}
+
+impl<'a> FromIterator<&'a str> for Names {
+    fn from_iter<I: IntoIterator<Item = &'a str>>(ids: I) -> Self {
+        let mut names = Names::default();
+        for id in ids {
+            names.push(id);
+        }
+        names
+    }
+}
+
+impl serde::Serialize for Names {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_seq(self.iter())
+    }
+}
 
 /// Which minions a job is waiting for, in the order they became known.
 /// Every question the gathering loop asks per event is a hash lookup or a
@@ -169,6 +235,19 @@ mod tests {
 
     fn ids(n: usize) -> Vec<String> {
         (0..n).map(|i| format!("minion-{i:05}")).collect()
+    }
+
+    #[test]
+    fn names_keep_their_order_and_empty_ids() {
+        let names: Names = ["a", "", "bc", "a"].into_iter().collect();
+        assert_eq!(names.len(), 4);
+        assert_eq!(names.text_len(), 4);
+        assert!(names.iter().eq(["a", "", "bc", "a"]));
+        assert_eq!(
+            serde_json::to_value(&names).expect("json"),
+            serde_json::json!(["a", "", "bc", "a"])
+        );
+        assert!(Names::default().is_empty());
     }
 
     #[test]

@@ -23,6 +23,7 @@ use crate::error::{Result, SaltError};
 use crate::master::Master;
 
 pub use crate::args::yamlify_arg;
+pub use expected::Names;
 pub use local::{Collected, Gatherer, LocalJob, PubReply, WriteReturn};
 pub use low::{Credentials, Low};
 
