@@ -163,7 +163,8 @@ async fn an_answer_written_as_text_holds_every_return_once() {
         let text = tokio::time::timeout(Duration::from_secs(300), gather.answer_with(entry))
             .await
             .expect("the call ends")
-            .expect("the call succeeds");
+            .expect("the call succeeds")
+            .to_vec();
         let answer: serde_json::Map<String, Json> =
             serde_json::from_slice(&text).expect("the text is a JSON object");
         assert_eq!(answer.len(), MINIONS, "every minion is in the answer");

@@ -9,7 +9,7 @@ use std::pin::Pin;
 
 use futures_util::TryFutureExt;
 
-use salt_client::clients::{Client, Lowstate, Output as ClientOutput, WriteReturn};
+use salt_client::clients::{Client, Lowstate, Output as ClientOutput, Text, WriteReturn};
 use salt_client::{redact, ErrorKind};
 use serde_json::Value as Json;
 
@@ -44,7 +44,7 @@ pub enum Answer {
     Value(Json),
     /// A synchronous `local` chunk's answer, already written as Python's
     /// `json.dumps` writes it (see [`run_answers`]).
-    Text(Vec<u8>),
+    Text(Text),
 }
 
 /// Run chunks in order and collect the `return` list, splicing sequence
@@ -57,7 +57,7 @@ pub async fn run_chunks(state: &AppState, chunks: Vec<Lowstate>) -> Result<Vec<J
         .map(|a| match a {
             Answer::Value(v) => v,
             // Only asked for with `text`.
-            Answer::Text(t) => serde_json::from_slice(&t).unwrap_or(Json::Null),
+            Answer::Text(t) => serde_json::from_slice(&t.to_vec()).unwrap_or(Json::Null),
         })
         .collect())
 }

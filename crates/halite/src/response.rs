@@ -36,7 +36,7 @@ pub fn return_response(status: StatusCode, answers: Vec<Answer>) -> Response {
             Answer::Value(v) => pyjson::write(&mut text, &v),
             Answer::Text(t) => {
                 parts.push_back(Bytes::from(std::mem::take(&mut text)));
-                parts.push_back(Bytes::from(t));
+                parts.extend(t.into_pieces());
             }
         }
     }
@@ -121,7 +121,11 @@ mod tests {
             text.push(b'}');
             let answers = vec![
                 Answer::Value(json!({"a": "é"})),
-                Answer::Text(text),
+                Answer::Text({
+                    let mut t = salt_client::clients::Text::default();
+                    t.push(&text);
+                    t
+                }),
                 Answer::Value(json!([1])),
             ];
             let resp = return_response(StatusCode::OK, answers);

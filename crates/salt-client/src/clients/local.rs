@@ -243,6 +243,81 @@ struct Probe {
     deadline: Instant,
 }
 
+/// Text written in pieces of about [`Text::PIECE`] bytes: an answer of
+/// 60 MB (10,000 minions' `grains.items`) is never one buffer that doubles,
+/// which for a moment holds the old buffer and the new one, and with most
+/// allocators copies the one into the other.
+#[derive(Debug, Default)]
+pub struct Text {
+    pieces: Vec<Bytes>,
+    last: Vec<u8>,
+    len: usize,
+}
+
+impl Text {
+    /// The size of a piece, give or take the write that fills it.
+    pub const PIECE: usize = 64 * 1024;
+
+    /// Append `bytes`.
+    pub fn push(&mut self, bytes: &[u8]) {
+        self.write(|buf| buf.extend_from_slice(bytes));
+    }
+
+    /// Append what `f` writes, kept in one piece.
+    pub fn write(&mut self, f: impl FnOnce(&mut Vec<u8>)) {
+        if self.last.capacity() == 0 && !self.pieces.is_empty() {
+            // Large, then: the next piece at its full size. A small text
+            // (most answers, and every call still waiting with its `{`)
+            // grows as a `Vec` does.
+            self.last.reserve_exact(Self::PIECE);
+        }
+        let before = self.last.len();
+        f(&mut self.last);
+        self.len += self.last.len() - before;
+        if self.last.len() >= Self::PIECE {
+            self.finish_piece();
+        }
+    }
+
+    /// The bytes written.
+    pub fn len(&self) -> usize {
+        self.len
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len == 0
+    }
+
+    /// The pieces, in order.
+    pub fn into_pieces(mut self) -> Vec<Bytes> {
+        self.finish_piece();
+        self.pieces
+    }
+
+    /// All of it in one buffer.
+    pub fn to_vec(&self) -> Vec<u8> {
+        let mut all = Vec::with_capacity(self.len);
+        for piece in &self.pieces {
+            all.extend_from_slice(piece);
+        }
+        all.extend_from_slice(&self.last);
+        all
+    }
+
+    fn finish_piece(&mut self) {
+        if self.last.is_empty() {
+            return;
+        }
+        if self.last.capacity() - self.last.len() > self.last.len() / 8 {
+            // A write overflowed the piece and doubled it: a piece keeps
+            // its allocation for as long as the answer is sent.
+            self.last.shrink_to_fit();
+        }
+        self.pieces
+            .push(Bytes::from(std::mem::take(&mut self.last)));
+    }
+}
+
 /// The returns of one published `local` job, one at a time, as they arrive
 /// (`LocalClient.get_iter_returns`). Nothing is kept but the sets of minion
 /// ids: the caller decides whether a return is gathered into an answer or
@@ -489,15 +564,13 @@ impl Gatherer {
     /// minions that were never targeted, fired to grow it) the rest is left
     /// out, with a warning.
     #[allow(clippy::manual_async_fn)] // on purpose: see `answer`
-    pub fn answer_with(
-        mut self,
-        write: WriteReturn,
-    ) -> impl Future<Output = Result<Vec<u8>>> + Send {
+    pub fn answer_with(mut self, write: WriteReturn) -> impl Future<Output = Result<Text>> + Send {
         async move {
             // A no-op when the job was started with it.
             self.sub
                 .shape_returns(text_shaper(self.job.full_return, write));
-            let mut out = vec![b'{'];
+            let mut out = Text::default();
+            out.push(b"{");
             let mut cut = false;
             while let Some((_, text)) = self.next_text(write).await {
                 if out.len() > crate::events::JID_RETURN_BYTES {
@@ -505,20 +578,20 @@ impl Gatherer {
                     continue;
                 }
                 if out.len() > 1 {
-                    out.extend_from_slice(b", ");
+                    out.push(b", ");
                 }
-                out.extend_from_slice(&text);
+                out.push(&text);
             }
             if cut {
                 tracing::warn!(jid = %self.jid, "the answer was cut at its size bound");
             }
             for (id, value) in self.no_returns()? {
                 if out.len() > 1 {
-                    out.extend_from_slice(b", ");
+                    out.push(b", ");
                 }
-                write(&mut out, &id, &value);
+                out.write(|buf| write(buf, &id, &value));
             }
-            out.push(b'}');
+            out.push(b"}");
             Ok(out)
         }
     }
@@ -877,6 +950,41 @@ pub async fn local_async(master: &Master, low: Low) -> Result<Json> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn text_in_pieces_is_the_text_written() {
+        let mut text = Text::default();
+        let mut all = Vec::new();
+        for i in 0..20_000 {
+            let entry = format!("\"m-{i}\": true, ");
+            text.push(entry.as_bytes());
+            all.extend_from_slice(entry.as_bytes());
+        }
+        // One write larger than a piece stays whole.
+        let big = vec![b'x'; 3 * Text::PIECE];
+        text.write(|buf| buf.extend_from_slice(&big));
+        all.extend_from_slice(&big);
+        text.push(b"}");
+        all.push(b'}');
+        assert_eq!(text.len(), all.len());
+        assert_eq!(text.to_vec(), all);
+        let pieces = text.into_pieces();
+        assert_eq!(pieces.concat(), all);
+        assert!(pieces.iter().any(|p| p.len() >= big.len()));
+        for p in &pieces[..pieces.len() - 1] {
+            assert!(p.len() >= Text::PIECE, "{}", p.len());
+            assert!(p.len() < Text::PIECE + big.len() + 20, "{}", p.len());
+        }
+    }
+
+    #[test]
+    fn a_small_text_is_one_small_piece() {
+        let mut text = Text::default();
+        text.push(b"{");
+        text.push(b"\"a\": true}");
+        assert!(text.last.capacity() < 64, "{}", text.last.capacity());
+        assert_eq!(text.into_pieces(), [Bytes::from_static(b"{\"a\": true}")]);
+    }
 
     #[test]
     fn published_keeps_the_kwargs_and_never_shows_them() {

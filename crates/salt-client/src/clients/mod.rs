@@ -24,7 +24,7 @@ use crate::master::Master;
 
 pub use crate::args::yamlify_arg;
 pub use expected::Names;
-pub use local::{Collected, Gatherer, LocalJob, PubReply, WriteReturn};
+pub use local::{Collected, Gatherer, LocalJob, PubReply, Text, WriteReturn};
 pub use low::{Credentials, Low};
 
 /// One lowstate chunk: the JSON object an HTTP client sent. [`Netapi`]

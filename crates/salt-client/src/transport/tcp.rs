@@ -61,8 +61,9 @@ impl TcpConnection {
                         // A reply to an earlier, abandoned request: skip it.
                         continue;
                     }
-                    return value::get(&msg, "body")
-                        .cloned()
+                    // Moved out, not copied: a publish to 30,000 minions
+                    // has their names in it.
+                    return value::take(msg, "body")
                         .ok_or_else(|| TcpError::Protocol("reply without body".into()));
                 }
                 None => {
