@@ -88,12 +88,18 @@ pub(super) struct Expected {
     /// For each id in that order: where its name ends in `names`, and what
     /// is known of it.
     ids: Vec<Known>,
-    /// Indices into `ids`, found by name. Keyed with SipHash: the names
-    /// come from the master and from events any minion can fire.
+    /// Indices into `ids`, found by name, hashed with [`hasher`].
     index: HashTable<u32>,
-    hasher: RandomState,
     /// Known, not returned and not missing.
     pending: usize,
+}
+
+/// SipHash with keys drawn once per process: the names come from the
+/// master and from events any minion can fire. One for every set, not a
+/// `RandomState` in each: every waiting call holds a set.
+fn hasher() -> &'static RandomState {
+    static HASHER: std::sync::OnceLock<RandomState> = std::sync::OnceLock::new();
+    HASHER.get_or_init(RandomState::new)
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -198,7 +204,7 @@ impl Expected {
     }
 
     fn find(&self, id: &str) -> Option<usize> {
-        let hash = self.hasher.hash_one(id);
+        let hash = hasher().hash_one(id);
         let (names, ids) = (&self.names, &self.ids);
         self.index
             .find(hash, |&i| name(names, ids, i as usize) == id)
@@ -213,9 +219,9 @@ impl Expected {
         let i = u32::try_from(self.ids.len()).ok()?;
         self.names.push_str(id);
         self.ids.push(Known { end, status });
-        let (names, ids, hasher) = (&self.names, &self.ids, &self.hasher);
-        self.index.insert_unique(hasher.hash_one(id), i, |&j| {
-            hasher.hash_one(name(names, ids, j as usize))
+        let (names, ids) = (&self.names, &self.ids);
+        self.index.insert_unique(hasher().hash_one(id), i, |&j| {
+            hasher().hash_one(name(names, ids, j as usize))
         });
         Some(i as usize)
     }
@@ -315,6 +321,13 @@ mod tests {
         // 8 bytes in `ids`, a 4-byte index and a control byte in a table
         // kept at most 7/8 full (rounded up to a power of two).
         assert!(per_id <= 20, "{per_id} bytes an id beyond its name");
+    }
+
+    #[test]
+    fn a_set_is_a_few_words() {
+        // Every waiting call holds one.
+        let size = std::mem::size_of::<Expected>();
+        assert!(size <= 88, "{size}");
     }
 
     #[test]

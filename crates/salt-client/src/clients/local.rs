@@ -249,9 +249,10 @@ struct Probe {
 /// allocators copies the one into the other.
 #[derive(Debug, Default)]
 pub struct Text {
-    pieces: Vec<Bytes>,
     last: Vec<u8>,
-    len: usize,
+    /// The pieces before `last` and their bytes; boxed, as most answers
+    /// are one piece and every waiting call holds a `Text`.
+    before: Option<Box<(Vec<Bytes>, usize)>>,
 }
 
 impl Text {
@@ -265,15 +266,13 @@ impl Text {
 
     /// Append what `f` writes, kept in one piece.
     pub fn write(&mut self, f: impl FnOnce(&mut Vec<u8>)) {
-        if self.last.capacity() == 0 && !self.pieces.is_empty() {
+        if self.last.capacity() == 0 && self.before.is_some() {
             // Large, then: the next piece at its full size. A small text
             // (most answers, and every call still waiting with its `{`)
             // grows as a `Vec` does.
             self.last.reserve_exact(Self::PIECE);
         }
-        let before = self.last.len();
         f(&mut self.last);
-        self.len += self.last.len() - before;
         if self.last.len() >= Self::PIECE {
             self.finish_piece();
         }
@@ -281,23 +280,23 @@ impl Text {
 
     /// The bytes written.
     pub fn len(&self) -> usize {
-        self.len
+        self.before.as_ref().map_or(0, |b| b.1) + self.last.len()
     }
 
     pub fn is_empty(&self) -> bool {
-        self.len == 0
+        self.len() == 0
     }
 
     /// The pieces, in order.
     pub fn into_pieces(mut self) -> Vec<Bytes> {
         self.finish_piece();
-        self.pieces
+        self.before.map(|b| b.0).unwrap_or_default()
     }
 
     /// All of it in one buffer.
     pub fn to_vec(&self) -> Vec<u8> {
-        let mut all = Vec::with_capacity(self.len);
-        for piece in &self.pieces {
+        let mut all = Vec::with_capacity(self.len());
+        for piece in self.before.iter().flat_map(|b| &b.0) {
             all.extend_from_slice(piece);
         }
         all.extend_from_slice(&self.last);
@@ -313,8 +312,9 @@ impl Text {
             // its allocation for as long as the answer is sent.
             self.last.shrink_to_fit();
         }
-        self.pieces
-            .push(Bytes::from(std::mem::take(&mut self.last)));
+        let before = self.before.get_or_insert_with(Box::default);
+        before.1 += self.last.len();
+        before.0.push(Bytes::from(std::mem::take(&mut self.last)));
     }
 }
 
@@ -333,8 +333,8 @@ impl Text {
 pub struct Gatherer {
     job: Published,
     master: Master,
+    /// Its jid is the job's.
     sub: JidSubscription,
-    jid: String,
     expected: Expected,
     deadline: Instant,
     /// Boxed: rare, and inline it would be room in every waiting call.
@@ -371,7 +371,6 @@ impl Gatherer {
             job,
             master,
             sub,
-            jid: reply.jid,
             expected,
             deadline,
             probe: None,
@@ -391,13 +390,13 @@ impl Gatherer {
         SaltError::Unreachable(format!(
             "the Salt master went away while job {jid} was running; its returns may still reach \
              another master: look it up with the runner jobs.lookup_jid (jid {jid})",
-            jid = self.jid
+            jid = self.sub.jid()
         ))
     }
 
     /// The jid being gathered.
     pub fn jid(&self) -> &str {
-        &self.jid
+        self.sub.jid()
     }
 
     /// What is kept of the job: how its returns are shaped.
@@ -529,7 +528,7 @@ impl Gatherer {
         async move {
             let mut out = Map::new();
             while let Some((id, ev)) = self.next().await {
-                out.insert(id, self.job.shape(ev.data(), &self.jid));
+                out.insert(id, self.job.shape(ev.data(), self.sub.jid()));
             }
             out.extend(self.no_returns()?);
             Ok(Json::Object(out))
@@ -545,7 +544,7 @@ impl Gatherer {
             Delivery::Shaped(s) => s.into_text(),
             Delivery::Event(ev) => {
                 let mut text = Vec::new();
-                write(&mut text, &id, &self.job.shape(ev.data(), &self.jid));
+                write(&mut text, &id, &self.job.shape(ev.data(), self.sub.jid()));
                 Bytes::from(text)
             }
         };
@@ -583,7 +582,7 @@ impl Gatherer {
                 out.push(&text);
             }
             if cut {
-                tracing::warn!(jid = %self.jid, "the answer was cut at its size bound");
+                tracing::warn!(jid = %self.sub.jid(), "the answer was cut at its size bound");
             }
             for (id, value) in self.no_returns()? {
                 if out.len() > 1 {
@@ -605,7 +604,7 @@ impl Gatherer {
         }
         let job = self.job.clone();
         let master = self.master.clone();
-        let jid = self.jid.clone();
+        let jid = self.sub.jid().to_owned();
         let outcome = self.finish();
         Ok(outcome
             .no_return
@@ -622,7 +621,7 @@ impl Gatherer {
     pub fn finish(self) -> Collected {
         if self.sub.lost_returns() {
             tracing::warn!(
-                jid = %self.jid,
+                jid = %self.sub.jid(),
                 "returns of this job were dropped because its waiter fell too far behind"
             );
         }
@@ -668,7 +667,7 @@ impl Gatherer {
             &tgt,
             "list",
             &json!("saltutil.find_job"),
-            &[json!(self.jid)],
+            &[json!(self.sub.jid())],
             "",
             &probe_jid,
             self.job.kwargs(),
@@ -684,7 +683,7 @@ impl Gatherer {
                 deadline: Instant::now() + secs(self.job.gather_job_timeout),
             }),
             Err(e) => {
-                tracing::debug!(jid = %self.jid, error = %e, "saltutil.find_job could not be published");
+                tracing::debug!(jid = %self.sub.jid(), error = %e, "saltutil.find_job could not be published");
                 None
             }
         }
@@ -975,6 +974,12 @@ mod tests {
             assert!(p.len() >= Text::PIECE, "{}", p.len());
             assert!(p.len() < Text::PIECE + big.len() + 20, "{}", p.len());
         }
+    }
+
+    #[test]
+    fn a_text_is_a_few_words() {
+        // Every waiting call holds one.
+        assert!(std::mem::size_of::<Text>() <= 32);
     }
 
     #[test]
