@@ -340,8 +340,6 @@ pub struct Gatherer {
     /// Boxed: rare, and inline it would be room in every waiting call.
     probe: Option<Box<Probe>>,
     done: bool,
-    /// Resolves when the event bus is lost (the master went away).
-    bus_lost: std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>>,
     interrupted: bool,
 }
 
@@ -349,7 +347,6 @@ enum Step {
     Main(Option<Delivery>),
     Probe(Option<std::sync::Arc<Event>>),
     Timeout,
-    BusLost,
 }
 
 impl Gatherer {
@@ -364,9 +361,7 @@ impl Gatherer {
             expected.mark_missing(m);
         }
         let deadline = Instant::now() + secs(job.timeout);
-        let bus_lost = Box::pin(master.bus().lost());
         Gatherer {
-            bus_lost,
             interrupted: false,
             job,
             master,
@@ -437,25 +432,20 @@ impl Gatherer {
                 None => tokio::select! {
                     ev = self.sub.recv_delivery() => Step::Main(ev),
                     _ = tokio::time::sleep_until(self.deadline) => Step::Timeout,
-                    _ = &mut self.bus_lost => Step::BusLost,
                 },
                 Some(probe) => tokio::select! {
                     ev = self.sub.recv_delivery() => Step::Main(ev),
                     ev = probe.sub.recv() => Step::Probe(ev),
                     _ = tokio::time::sleep_until(probe.deadline) => Step::Timeout,
-                    _ = &mut self.bus_lost => Step::BusLost,
                 },
             };
             match step {
-                Step::BusLost => {
-                    // The master went away: the returns still to come will not
-                    // reach this bus. The job itself goes on (in a cluster the
-                    // other masters still receive and store its returns).
-                    self.interrupted = true;
-                    self.done = true;
-                    return None;
-                }
                 Step::Main(None) => {
+                    // With the bus lost (the master went away), the returns
+                    // still to come will not reach this bus. The job itself
+                    // goes on (in a cluster the other masters still receive
+                    // and store its returns).
+                    self.interrupted = self.sub.bus_lost();
                     self.done = true;
                     return None;
                 }

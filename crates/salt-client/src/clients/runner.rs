@@ -150,6 +150,7 @@ async fn run_sync(master: &Master, load: Json, limit: f64, full_return: bool) ->
                     });
                 }
                 Some(ev) => announced |= ev.tag == new_tag,
+                None if sub.bus_lost() => return Err(went_away(&jid)),
                 None => return Err(SaltError::Unreachable("the Salt event bus closed".into())),
             },
             has = &mut check, if known.is_none() => {
@@ -158,12 +159,7 @@ async fn run_sync(master: &Master, load: Json, limit: f64, full_return: bool) ->
                 }
                 known = Some(has);
             }
-            () = &mut lost => {
-                return Err(SaltError::Unreachable(format!(
-                    "the Salt master went away while runner job {jid} was running; look it up \
-                     later with the runner jobs.lookup_jid (jid {jid})"
-                )))
-            }
+            () = &mut lost => return Err(went_away(&jid)),
             _ = tokio::time::sleep_until(wake) => {
                 if guarded && wake == guard && guard < deadline {
                     return Err(SaltError::Master(format!(
@@ -336,6 +332,14 @@ async fn run_plain(master: &Master, load: Json, limit: Duration) -> Result<Json>
 
 /// The credential keys of a runner load.
 const CREDENTIALS: [&str; 4] = ["username", "password", "eauth", "token"];
+
+/// The error of a runner job whose master went away while it ran.
+fn went_away(jid: &str) -> SaltError {
+    SaltError::Unreachable(format!(
+        "the Salt master went away while runner job {jid} was running; look it up later with \
+         the runner jobs.lookup_jid (jid {jid})"
+    ))
+}
 
 #[cfg(test)]
 mod tests {

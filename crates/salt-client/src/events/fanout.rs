@@ -143,6 +143,9 @@ pub(super) struct Inbox {
     arrived: tokio::sync::Notify,
     /// The waiter is gone from the bus (unregistered, or the bus dropped).
     closed: AtomicBool,
+    /// The bus lost its subscription while the waiter was registered (or
+    /// was not connected when it registered): events may have been missed.
+    pub(super) bus_lost: AtomicBool,
     // 32-bit: every waiting call has an inbox, and both bounds fit.
     pub(super) others: AtomicU32,
     pub(super) return_bytes: AtomicU32,
@@ -178,12 +181,14 @@ impl Inbox {
     /// bus and nothing is left.
     async fn next(&self) -> Option<Delivery> {
         loop {
-            // `closed` is read before the queue: an event delivered before
-            // the waiter was dropped is still received.
-            let closed = self.closed.load(Ordering::Acquire);
+            // `closed` and `bus_lost` are read before the queue: what was
+            // delivered before either is still received.
+            let closed =
+                self.closed.load(Ordering::Acquire) || self.bus_lost.load(Ordering::Acquire);
+            let mut emptied = VecDeque::new();
             let delivery = {
                 let mut events = self.events.lock().unwrap_or_else(|p| p.into_inner());
-                match events.pop_front() {
+                let delivery = match events.pop_front() {
                     Some(Queued::Returns(mut run)) => {
                         let shaped = Queued::pop_shaped(&mut run);
                         if !run.is_empty() {
@@ -193,8 +198,16 @@ impl Inbox {
                     }
                     Some(Queued::Event(ev)) => Some(Delivery::Event(ev)),
                     None => None,
+                };
+                if events.is_empty() {
+                    // Its room is given back (freed below, outside the
+                    // lock): a waiter mostly waits with nothing queued, and
+                    // every waiting call has one.
+                    std::mem::swap(&mut *events, &mut emptied);
                 }
+                delivery
             };
+            drop(emptied);
             match delivery {
                 Some(d) => {
                     match &d {
@@ -212,6 +225,13 @@ impl Inbox {
                 None => self.arrived.notified().await,
             }
         }
+    }
+
+    /// The bus lost its subscription: end the waiter's `recv` once what
+    /// was queued is received.
+    pub(super) fn mark_bus_lost(&self) {
+        self.bus_lost.store(true, Ordering::Release);
+        self.arrived.notify_one();
     }
 
     fn shaped_cost(shaped: &Shaped) -> usize {
@@ -361,6 +381,14 @@ impl JidSubscription {
         }
     }
 
+    /// Whether the bus lost its subscription to the master while this
+    /// waiter was registered (or was not connected when it registered):
+    /// `recv` then ends once what was queued is received, and events of
+    /// the jid may never arrive.
+    pub fn bus_lost(&self) -> bool {
+        self.queue.bus_lost.load(Ordering::Acquire)
+    }
+
     /// Whether any event for this jid was dropped because the queue was full.
     pub fn lost_events(&self) -> bool {
         self.queue.lost.load(Ordering::Relaxed)
@@ -387,6 +415,16 @@ impl Drop for JidSubscription {
                 state.by_jid.remove(&self.jid);
             }
         }
+    }
+}
+
+/// The bus lost its subscription: every registered waiter is told, after
+/// `connected` is false, so that a waiter registering meanwhile either is
+/// in the list or sees it false ([`EventBus::subscribe_jid`]).
+pub(super) fn mark_bus_lost(shared: &Shared) {
+    let state = shared.state.lock().unwrap_or_else(|p| p.into_inner());
+    for w in state.by_jid.values().flatten() {
+        w.inbox.mark_bus_lost();
     }
 }
 

@@ -292,6 +292,10 @@ impl EventBus {
                 inbox: queue.clone(),
                 shaper: None,
             });
+        // Under the lock: see `mark_bus_lost`.
+        if !*self.shared.connected.borrow() {
+            queue.mark_bus_lost();
+        }
         drop(state);
         JidSubscription {
             id,

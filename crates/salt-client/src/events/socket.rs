@@ -71,6 +71,7 @@ pub(super) async fn run(weak: std::sync::Weak<Shared>) {
                 let why = read_loop(&weak, &mut stream).await;
                 let Some(shared) = weak.upgrade() else { return };
                 shared.connected.send_replace(false);
+                fanout::mark_bus_lost(&shared);
                 *shared.pull_framing.lock().await = None;
                 tracing::warn!(bus = %endpoint, reason = %why, "lost the Salt event bus; reconnecting");
             }

@@ -4,11 +4,39 @@ use super::*;
 use serde_json::json;
 
 /// A bus whose master is never there: events reach it through `dispatch`.
+/// A bus whose events the test dispatches itself: taken as connected
+/// (a waiter on a bus that is not connected ends at once).
 fn offline_bus() -> EventBus {
-    EventBus::start_at(
+    let bus = EventBus::start_at(
         Endpoint::Unix("/nonexistent/pub".into()),
         Endpoint::Unix("/nonexistent/pull".into()),
-    )
+    );
+    bus.shared.connected.send_replace(true);
+    bus
+}
+
+#[tokio::test]
+async fn a_lost_bus_ends_its_waiters_after_what_they_had_received() {
+    let bus = offline_bus();
+    let jid = "20260101000000000006";
+    let mut w = bus.subscribe_jid(jid);
+    let data = Bytes::from(value::encode(&value::from_json(&json!({"return": true}))));
+    dispatch(&bus.shared, Event::new(format!("salt/job/{jid}/ret/m-0"), data));
+    assert!(!w.bus_lost());
+    // What the socket task does when the subscription drops.
+    bus.shared.connected.send_replace(false);
+    mark_bus_lost(&bus.shared);
+    assert!(w.bus_lost());
+    assert!(matches!(w.recv().await, Some(ev) if ev.tag.ends_with("/m-0")));
+    let end = tokio::time::timeout(Duration::from_secs(5), w.recv()).await;
+    assert!(matches!(end, Ok(None)), "ends, does not wait");
+    // Registered while the bus is not connected: lost at once.
+    let mut late = bus.subscribe_jid("20260101000000000007");
+    assert!(late.bus_lost());
+    let end = tokio::time::timeout(Duration::from_secs(5), late.recv()).await;
+    assert!(matches!(end, Ok(None)));
+    // A waiter's queue gives its room back once emptied.
+    assert_eq!(w.queue.events.lock().expect("lock").capacity(), 0);
 }
 
 fn frame_bytes(tag: &str, data: &Json, framing: Framing) -> Vec<u8> {
