@@ -428,16 +428,16 @@ impl Gatherer {
                 self.done = true;
                 return None;
             }
-            let step = match self.probe.as_mut() {
-                None => tokio::select! {
+            let step = if self.probe.is_none() {
+                tokio::select! {
                     ev = self.sub.recv_delivery() => Step::Main(ev),
                     _ = tokio::time::sleep_until(self.deadline) => Step::Timeout,
-                },
-                Some(probe) => tokio::select! {
-                    ev = self.sub.recv_delivery() => Step::Main(ev),
-                    ev = probe.sub.recv() => Step::Probe(ev),
-                    _ = tokio::time::sleep_until(probe.deadline) => Step::Timeout,
-                },
+                }
+            } else {
+                // Boxed: probing is rare, and inline its wait (two
+                // subscriptions' futures and a timer) would be room in every
+                // waiting call's future.
+                Box::pin(self.probe_step()).await
             };
             match step {
                 Step::Main(None) => {
@@ -503,6 +503,18 @@ impl Gatherer {
                     }
                 }
             }
+        }
+    }
+
+    /// What comes first while a `saltutil.find_job` probe runs.
+    async fn probe_step(&mut self) -> Step {
+        let Some(probe) = self.probe.as_mut() else {
+            return Step::Timeout;
+        };
+        tokio::select! {
+            ev = self.sub.recv_delivery() => Step::Main(ev),
+            ev = probe.sub.recv() => Step::Probe(ev),
+            _ = tokio::time::sleep_until(probe.deadline) => Step::Timeout,
         }
     }
 

@@ -21,7 +21,10 @@ async fn a_lost_bus_ends_its_waiters_after_what_they_had_received() {
     let jid = "20260101000000000006";
     let mut w = bus.subscribe_jid(jid);
     let data = Bytes::from(value::encode(&value::from_json(&json!({"return": true}))));
-    dispatch(&bus.shared, Event::new(format!("salt/job/{jid}/ret/m-0"), data));
+    dispatch(
+        &bus.shared,
+        Event::new(format!("salt/job/{jid}/ret/m-0"), data),
+    );
     assert!(!w.bus_lost());
     // What the socket task does when the subscription drops.
     bus.shared.connected.send_replace(false);
