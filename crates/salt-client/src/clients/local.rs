@@ -135,8 +135,17 @@ impl LocalJob {
 
     /// Publish the job under `jid` (`""` lets the master choose).
     pub async fn publish(&self, master: &Master, jid: &str) -> Result<PubReply> {
-        publish(
-            master,
+        let load = self.load(jid);
+        publish_reply(
+            master
+                .request(load, secs(self.pub_timeout.max(1.0)))
+                .await?,
+        )
+    }
+
+    /// The load of its `publish`.
+    fn load(&self, jid: &str) -> Mp {
+        publish_load(
             &self.tgt,
             &self.tgt_type,
             &self.fun,
@@ -144,9 +153,7 @@ impl LocalJob {
             &self.ret,
             jid,
             kwargs_value(&self.kwargs),
-            self.pub_timeout,
         )
-        .await
     }
 
     /// What a [`Gatherer`] keeps of this job once it is published.
@@ -185,16 +192,18 @@ impl LocalJob {
             if let Some(write) = write {
                 sub.shape_returns(text_shaper(self.full_return, write));
             }
-            let reply = self.publish(master, &jid).await?;
+            // The job is dropped before the master answers: what the
+            // gatherer keeps of it is taken first, and the load is encoded
+            // before the request waits for a connection. A burst of calls
+            // waits there.
+            let published = self.published();
+            let (load, timeout) = (self.load(&jid), self.pub_timeout);
+            drop(self);
+            let reply = publish_reply(master.request(load, secs(timeout.max(1.0))).await?)?;
             if reply.minions.is_empty() && reply.missing.is_empty() {
                 return Ok(None);
             }
-            Ok(Some(Gatherer::new(
-                self.published(),
-                master.clone(),
-                sub,
-                reply,
-            )))
+            Ok(Some(Gatherer::new(published, master.clone(), sub, reply)))
         }
     }
 
@@ -851,7 +860,21 @@ pub async fn publish(
     kwargs: Mp,
     timeout: f64,
 ) -> Result<PubReply> {
-    let load = value::map([
+    let load = publish_load(tgt, tgt_type, fun, arg, ret, jid, kwargs);
+    publish_reply(master.request(load, secs(timeout.max(1.0))).await?)
+}
+
+/// The load of a `publish`.
+fn publish_load(
+    tgt: &Json,
+    tgt_type: &str,
+    fun: &Json,
+    arg: &[Json],
+    ret: &str,
+    jid: &str,
+    kwargs: Mp,
+) -> Mp {
+    value::map([
         ("cmd", Mp::from("publish")),
         ("tgt", value::from_json(tgt)),
         ("fun", value::from_json(fun)),
@@ -861,8 +884,11 @@ pub async fn publish(
         ("jid", Mp::from(jid)),
         ("user", Mp::from(super::os_user())),
         ("kwargs", kwargs),
-    ]);
-    let reply = master.request(load, secs(timeout.max(1.0))).await?;
+    ])
+}
+
+/// What the master answered to a `publish`.
+fn publish_reply(reply: Mp) -> Result<PubReply> {
     let jid = value::get(&reply, "jid")
         .and_then(Mp::as_str)
         .unwrap_or_default()

@@ -82,16 +82,19 @@ impl RequestChannel {
     /// the `{"enc": "clear", "load": ...}` envelope and turning Salt's error
     /// replies into [`SaltError`]s.
     pub async fn send(&self, load: Mp, timeout: Duration) -> Result<Mp> {
-        let envelope = value::map([
+        // Encoded before the wait for a connection (and the tree of values
+        // dropped): a burst of calls waits there, each holding a few
+        // hundred bytes instead of the load's values.
+        let envelope = value::encode(&value::map([
             ("enc", Mp::from("clear")),
             ("load", load),
             ("version", Mp::from(3)),
-        ]);
+        ]));
         let reply = self.exchange(envelope, timeout).await?;
         interpret_reply(reply)
     }
 
-    async fn exchange(&self, envelope: Mp, timeout: Duration) -> Result<Mp> {
+    async fn exchange(&self, envelope: Vec<u8>, timeout: Duration) -> Result<Mp> {
         // Waiting for a free connection is part of the request's time.
         let deadline = Instant::now() + timeout;
         let permit = match tokio::time::timeout_at(deadline.into(), self.open.acquire()).await {
@@ -114,7 +117,7 @@ impl RequestChannel {
     async fn exchange_on(
         &self,
         _permit: SemaphorePermit<'_>,
-        envelope: Mp,
+        envelope: Vec<u8>,
         deadline: Instant,
         timeout: Duration,
     ) -> Result<Mp> {
@@ -128,13 +131,10 @@ impl RequestChannel {
             let result = tokio::time::timeout_at(deadline.into(), async {
                 match &mut conn {
                     Conn::Zmq(c) => {
-                        let bytes = c
-                            .request(&value::encode(&envelope))
-                            .await
-                            .map_err(|e| e.to_string())?;
+                        let bytes = c.request(&envelope).await.map_err(|e| e.to_string())?;
                         value::decode(&bytes).map_err(|e| format!("undecodable reply: {e}"))
                     }
-                    Conn::Tcp(c) => c.request(envelope.clone()).await.map_err(|e| e.to_string()),
+                    Conn::Tcp(c) => c.request(&envelope).await.map_err(|e| e.to_string()),
                 }
             })
             .await;

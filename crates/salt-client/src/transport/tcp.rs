@@ -24,11 +24,18 @@ pub enum TcpError {
 }
 
 /// Wrap an encoded envelope in the `{head, body}` frame.
-pub fn frame(mid: &str, envelope: Mp) -> Vec<u8> {
-    value::encode(&value::map([
-        ("head", value::map([("mid", Mp::from(mid))])),
-        ("body", envelope),
-    ]))
+pub fn frame(mid: &str, envelope: &[u8]) -> Vec<u8> {
+    // `{"head": {"mid": <mid>}, "body": <envelope>}`, the envelope's bytes
+    // written as they were encoded.
+    let mut out = value::encode(&value::map([(
+        "head",
+        value::map([("mid", Mp::from(mid))]),
+    )]));
+    // One more entry: a fixmap's count is its first byte's low bits.
+    out[0] += 1;
+    out.extend_from_slice(&value::encode(&Mp::from("body")));
+    out.extend_from_slice(envelope);
+    out
 }
 
 /// One connection to the master's `ret_port` speaking the tcp transport.
@@ -48,8 +55,9 @@ impl TcpConnection {
         })
     }
 
-    /// Send `envelope` and return the reply `body` whose head echoes our id.
-    pub async fn request(&mut self, envelope: Mp) -> Result<Mp, TcpError> {
+    /// Send `envelope` (encoded) and return the reply `body` whose head
+    /// echoes our id.
+    pub async fn request(&mut self, envelope: &[u8]) -> Result<Mp, TcpError> {
         let mid = uuid::Uuid::new_v4().to_string();
         self.stream.write_all(&frame(&mid, envelope)).await?;
         loop {
@@ -92,7 +100,8 @@ mod tests {
 
     #[test]
     fn frame_is_head_mid_and_body() {
-        let bytes = frame("abc", value::map([("enc", Mp::from("clear"))]));
+        let envelope = value::encode(&value::map([("enc", Mp::from("clear"))]));
+        let bytes = frame("abc", &envelope);
         let decoded = value::decode(&bytes).expect("decodes");
         assert_eq!(
             value::to_json(&decoded),
