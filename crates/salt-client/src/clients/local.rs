@@ -673,8 +673,7 @@ impl Gatherer {
         let probe_jid = self.master.new_jid();
         let sub = self.master.bus().subscribe_jid(&probe_jid);
         let tgt = Json::Array(pending.iter().cloned().map(Json::String).collect());
-        match publish(
-            &self.master,
+        let load = publish_load(
             &tgt,
             "list",
             &json!("saltutil.find_job"),
@@ -682,9 +681,13 @@ impl Gatherer {
             "",
             &probe_jid,
             self.job.kwargs(),
-            self.job.pub_timeout,
-        )
-        .await
+        );
+        let timeout = secs(self.job.pub_timeout.max(1.0));
+        match self
+            .master
+            .request(load, timeout)
+            .await
+            .and_then(publish_reply)
         {
             Ok(reply) => Some(Probe {
                 sub,
@@ -847,24 +850,8 @@ pub struct Collected {
     pub missing: HashSet<String>,
 }
 
-/// Send one `publish` with credentials inside `kwargs` (never the root `key`).
-#[allow(clippy::too_many_arguments)]
-pub async fn publish(
-    master: &Master,
-    tgt: &Json,
-    tgt_type: &str,
-    fun: &Json,
-    arg: &[Json],
-    ret: &str,
-    jid: &str,
-    kwargs: Mp,
-    timeout: f64,
-) -> Result<PubReply> {
-    let load = publish_load(tgt, tgt_type, fun, arg, ret, jid, kwargs);
-    publish_reply(master.request(load, secs(timeout.max(1.0))).await?)
-}
-
-/// The load of a `publish`.
+/// The load of a `publish`, credentials inside `kwargs` (never the root
+/// `key`).
 fn publish_load(
     tgt: &Json,
     tgt_type: &str,
