@@ -128,15 +128,19 @@ impl Expected {
 
     /// `id` is targeted (a no-op if it is already known).
     pub fn expect(&mut self, id: &str) {
-        if self.find(id).is_none() && self.insert(id, Status::default()).is_some() {
+        if let Some((_, true)) = self.get_or_insert(id, Status::default()) {
             self.pending += 1;
         }
     }
 
     /// `id` is targeted but has no accepted key.
     pub fn mark_missing(&mut self, id: &str) {
-        self.expect(id);
-        let Some(i) = self.find(id) else { return };
+        let Some((i, added)) = self.get_or_insert(id, Status::default()) else {
+            return;
+        };
+        if added {
+            self.pending += 1;
+        }
         let status = &mut self.ids[i].status;
         if !status.missing {
             status.missing = true;
@@ -148,24 +152,27 @@ impl Expected {
 
     /// Record a return; `false` if `id` had already returned.
     pub fn mark_returned(&mut self, id: &str) -> bool {
-        let Some(i) = self.find(id) else {
-            // Not targeted as far as we know: kept, so that a second
-            // return of it is not counted again.
-            let returned = Status {
-                returned: true,
-                missing: false,
-            };
-            return self.insert(id, returned).is_some();
+        // Not targeted as far as we know: kept, so that a second return of
+        // it is not counted again.
+        let returned = Status {
+            returned: true,
+            missing: false,
         };
-        let status = &mut self.ids[i].status;
-        if status.returned {
-            return false;
+        match self.get_or_insert(id, returned) {
+            None => false,
+            Some((_, true)) => true,
+            Some((i, false)) => {
+                let status = &mut self.ids[i].status;
+                if status.returned {
+                    return false;
+                }
+                status.returned = true;
+                if !status.missing {
+                    self.pending -= 1;
+                }
+                true
+            }
         }
-        status.returned = true;
-        if !status.missing {
-            self.pending -= 1;
-        }
-        true
     }
 
     pub fn returned(&self, id: &str) -> bool {
@@ -204,26 +211,34 @@ impl Expected {
     }
 
     fn find(&self, id: &str) -> Option<usize> {
-        let hash = hasher().hash_one(id);
+        self.find_hashed(hasher().hash_one(id), id)
+    }
+
+    fn find_hashed(&self, hash: u64, id: &str) -> Option<usize> {
         let (names, ids) = (&self.names, &self.ids);
         self.index
             .find(hash, |&i| name(names, ids, i as usize) == id)
             .map(|&i| i as usize)
     }
 
-    /// Add an id not yet known. `None` (and nothing added) past 4 GiB of
-    /// names or 4 billion ids, which bounded replies and events cannot
-    /// reach.
-    fn insert(&mut self, id: &str, status: Status) -> Option<usize> {
+    /// `id`'s index, added with `status` if it was not known (`true`
+    /// then); one hash of it either way. `None` (and nothing added) past
+    /// 4 GiB of names or 4 billion ids, which bounded replies and events
+    /// cannot reach.
+    fn get_or_insert(&mut self, id: &str, status: Status) -> Option<(usize, bool)> {
+        let hash = hasher().hash_one(id);
+        if let Some(i) = self.find_hashed(hash, id) {
+            return Some((i, false));
+        }
         let end = u32::try_from(self.names.len() + id.len()).ok()?;
         let i = u32::try_from(self.ids.len()).ok()?;
         self.names.push_str(id);
         self.ids.push(Known { end, status });
         let (names, ids) = (&self.names, &self.ids);
-        self.index.insert_unique(hasher().hash_one(id), i, |&j| {
+        self.index.insert_unique(hash, i, |&j| {
             hasher().hash_one(name(names, ids, j as usize))
         });
-        Some(i as usize)
+        Some((i as usize, true))
     }
 }
 
