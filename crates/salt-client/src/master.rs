@@ -124,6 +124,18 @@ impl Master {
         self.inner.channel.send(load, timeout).await
     }
 
+    /// [`Master::request`], with the reply's bytes offered to `read` first
+    /// (see [`crate::transport::RequestChannel::send_read`]).
+    pub async fn request_read<T>(
+        &self,
+        load: Mp,
+        timeout: Duration,
+        read: impl FnOnce(&[u8]) -> Option<T>,
+    ) -> Result<std::result::Result<T, Mp>> {
+        self.inner.requests.fetch_add(1, Ordering::Relaxed);
+        self.inner.channel.send_read(load, timeout, read).await
+    }
+
     /// Round-trip a `ping` (the cheapest liveness check).
     pub async fn ping(&self, timeout: Duration) -> Result<()> {
         let load = value::map([("cmd", Mp::from("ping"))]);

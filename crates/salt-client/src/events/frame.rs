@@ -353,8 +353,37 @@ pub fn map_string<'a>(data: &'a [u8], key: &str) -> std::result::Result<Option<&
     Ok(None)
 }
 
-/// What [`map_strings`] and [`map_string`] read with, besides the cursor's
-/// own `take` and `uint`.
+/// Call `f` with the key and the value's msgpack bytes of each entry of the
+/// msgpack map `data` whose key is a string, without decoding the values.
+/// An error if `data` is not a whole map.
+pub fn map_entries<'a>(
+    data: &'a [u8],
+    mut f: impl FnMut(&'a [u8], &'a [u8]),
+) -> std::result::Result<(), String> {
+    let mut r = Cursor::new(data);
+    for _ in 0..r.map_len()? {
+        let key = r.str()?;
+        if key.is_none() {
+            r.skip()?;
+        }
+        let start = r.pos;
+        r.skip()?;
+        if let Some(key) = key {
+            f(key, &data[start..r.pos]);
+        }
+    }
+    Ok(())
+}
+
+/// The string the msgpack item `item` is, if it is one.
+pub fn as_string(item: &[u8]) -> Option<&str> {
+    let mut r = Cursor::new(item);
+    let s = r.str().ok()??;
+    (r.pos == item.len()).then(|| std::str::from_utf8(s).ok())?
+}
+
+/// What [`map_strings`], [`map_string`] and [`map_entries`] read with,
+/// besides the cursor's own `take` and `uint`.
 impl<'a> Cursor<'a> {
     /// The number of entries of the map at the cursor, its header consumed.
     fn map_len(&mut self) -> std::result::Result<u64, String> {
