@@ -166,6 +166,15 @@ async fn run_sync(master: &Master, load: Json, limit: f64, full_return: bool) ->
                         "runner job {jid} for '{fun}' never started; '{fun}' may not be an available runner function"
                     )));
                 }
+                // Worth an operator's eye: the master took the job and the
+                // bus stayed up, yet its return never came (a job that
+                // never announced itself most likely never ran).
+                tracing::warn!(
+                    jid = %jid.chars().take(24).collect::<String>(),
+                    announced,
+                    waited_s = started.elapsed().as_secs(),
+                    "runner job timed out: its return never reached the event bus"
+                );
                 return Err(SaltError::Timeout(format!("RunnerClient job '{jid}' timed out")));
             }
         }
