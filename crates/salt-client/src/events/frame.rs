@@ -9,6 +9,10 @@ use crate::value::Cursor;
 /// The most the decoder reserves ahead of data it has not received.
 const RESERVE_STEP: usize = 1 << 20;
 
+/// Past this size, a frame's buffer is left to the frame: the bytes after
+/// it move to a buffer of their own.
+const LARGE_FRAME: usize = 64 * 1024;
+
 pub fn split_body(body: &Bytes) -> (String, Bytes) {
     match body.windows(2).position(|w| w == b"\n\n") {
         Some(i) => (
@@ -130,6 +134,17 @@ impl FrameDecoder {
                     Some(len) => self.buf.split_to(len).freeze(),
                 },
             };
+            if frame.len() > LARGE_FRAME {
+                // The frame shares the allocation it was read into, grown
+                // for it. Frames read after it into the same allocation
+                // would keep all of it alive for as long as any of them
+                // lives: the `new` event of a job to 30,000 minions
+                // (~0.5 MiB) would be held through the whole gathering of
+                // the returns that follow it. A copy of what was read past
+                // the frame (one read at most) is cheaper.
+                let rest = std::mem::take(&mut self.buf);
+                self.buf = BytesMut::from(&rest[..]);
+            }
             match event_from_frame(&frame)? {
                 Some(ev) => return Ok(Some(ev)),
                 // Not an event (no body): skip it.
