@@ -4,7 +4,8 @@
 //! [`Names`] is a list of ids (what a publish reply lists), [`Expected`]
 //! the ids a `local` job waits for and what is known of each. Both keep
 //! the ids in one string, one after another: a name's bytes and 4 bytes
-//! an id in a list, ~13 bytes in the set (its table of `u32` indices),
+//! an id in a list, ~9 to 15 bytes in the set (its end and status in one
+//! `u32`, and its table of `u32` indices, 7/8 full at most),
 //! where a `String` each costs ~56 in a list and ~80 in a map (the
 //! `String`, its allocation, the entry and the map's index).
 
@@ -102,10 +103,44 @@ fn hasher() -> &'static RandomState {
     HASHER.get_or_init(RandomState::new)
 }
 
+/// Where an id's name ends in `names` (the low 30 bits) and what is known
+/// of it (the top two): 4 bytes an id, not 8 with a `Status` beside it.
 #[derive(Debug, Clone, Copy)]
-struct Known {
-    end: u32,
-    status: Status,
+struct Known(u32);
+
+const RETURNED: u32 = 1 << 31;
+const MISSING: u32 = 1 << 30;
+/// The names of one job's ids fit in 1 GiB: bounded replies and events
+/// cannot reach it.
+const END: u32 = MISSING - 1;
+
+impl Known {
+    fn new(end: u32, status: Status) -> Self {
+        let mut known = Known(end);
+        known.set(status);
+        known
+    }
+
+    fn end(self) -> usize {
+        (self.0 & END) as usize
+    }
+
+    fn status(self) -> Status {
+        Status {
+            returned: self.0 & RETURNED != 0,
+            missing: self.0 & MISSING != 0,
+        }
+    }
+
+    fn set(&mut self, status: Status) {
+        self.0 &= END;
+        if status.returned {
+            self.0 |= RETURNED;
+        }
+        if status.missing {
+            self.0 |= MISSING;
+        }
+    }
 }
 
 /// What is known of one expected minion.
@@ -141,9 +176,10 @@ impl Expected {
         if added {
             self.pending += 1;
         }
-        let status = &mut self.ids[i].status;
+        let mut status = self.ids[i].status();
         if !status.missing {
             status.missing = true;
+            self.ids[i].set(status);
             if !status.returned {
                 self.pending -= 1;
             }
@@ -162,11 +198,12 @@ impl Expected {
             None => false,
             Some((_, true)) => true,
             Some((i, false)) => {
-                let status = &mut self.ids[i].status;
+                let mut status = self.ids[i].status();
                 if status.returned {
                     return false;
                 }
                 status.returned = true;
+                self.ids[i].set(status);
                 if !status.missing {
                     self.pending -= 1;
                 }
@@ -176,7 +213,7 @@ impl Expected {
     }
 
     pub fn returned(&self, id: &str) -> bool {
-        self.find(id).is_some_and(|i| self.ids[i].status.returned)
+        self.find(id).is_some_and(|i| self.ids[i].status().returned)
     }
 
     /// Known, not returned and not missing.
@@ -191,7 +228,7 @@ impl Expected {
 
     /// Every known id with its status, in the order they became known.
     pub fn iter(&self) -> impl ExactSizeIterator<Item = (&str, Status)> {
-        (0..self.ids.len()).map(|i| (name(&self.names, &self.ids, i), self.ids[i].status))
+        (0..self.ids.len()).map(|i| (name(&self.names, &self.ids, i), self.ids[i].status()))
     }
 
     /// The ids still pending, for a `saltutil.find_job` probe.
@@ -223,17 +260,19 @@ impl Expected {
 
     /// `id`'s index, added with `status` if it was not known (`true`
     /// then); one hash of it either way. `None` (and nothing added) past
-    /// 4 GiB of names or 4 billion ids, which bounded replies and events
+    /// 1 GiB of names or 4 billion ids, which bounded replies and events
     /// cannot reach.
     fn get_or_insert(&mut self, id: &str, status: Status) -> Option<(usize, bool)> {
         let hash = hasher().hash_one(id);
         if let Some(i) = self.find_hashed(hash, id) {
             return Some((i, false));
         }
-        let end = u32::try_from(self.names.len() + id.len()).ok()?;
+        let end = u32::try_from(self.names.len() + id.len())
+            .ok()
+            .filter(|&end| end <= END)?;
         let i = u32::try_from(self.ids.len()).ok()?;
         self.names.push_str(id);
-        self.ids.push(Known { end, status });
+        self.ids.push(Known::new(end, status));
         let (names, ids) = (&self.names, &self.ids);
         self.index.insert_unique(hash, i, |&j| {
             hasher().hash_one(name(names, ids, j as usize))
@@ -245,9 +284,9 @@ impl Expected {
 fn name<'a>(names: &'a str, ids: &[Known], i: usize) -> &'a str {
     let start = match i {
         0 => 0,
-        _ => ids[i - 1].end as usize,
+        _ => ids[i - 1].end(),
     };
-    &names[start..ids[i].end as usize]
+    &names[start..ids[i].end()]
 }
 
 #[cfg(test)]
@@ -333,9 +372,21 @@ mod tests {
             e.expect(n);
         }
         let per_id = (e.heap_bytes() - bytes) / names.len();
-        // 8 bytes in `ids`, a 4-byte index and a control byte in a table
-        // kept at most 7/8 full (rounded up to a power of two).
-        assert!(per_id <= 20, "{per_id} bytes an id beyond its name");
+        // 4 bytes in `ids`, a 4-byte index and a control byte in a table
+        // kept at most 7/8 full (rounded up to a power of two: 30,000 ids
+        // take 65,536 slots).
+        assert!(per_id <= 16, "{per_id} bytes an id beyond its name");
+    }
+
+    #[test]
+    fn status_bits_leave_the_end_alone() {
+        let mut k = Known::new(END, Status::default());
+        for (returned, missing) in [(true, false), (false, true), (true, true), (false, false)] {
+            let status = Status { returned, missing };
+            k.set(status);
+            assert_eq!(k.status(), status);
+            assert_eq!(k.end(), END as usize);
+        }
     }
 
     #[test]
