@@ -321,6 +321,9 @@ def main():
                    help="after an in-flight run, wait this long and read halite's RSS again")
     p.add_argument("--halite-wrap", default="", help="command to run halite under (heaptrack)")
     p.add_argument("--halite-env", default="", help="NAME=VALUE,... added to halite's environment (a comma not followed by NAME= stays in the value)")
+    p.add_argument("--ret-delay-ms", type=int, default=0,
+                   help="answer rows: null-master fires the returns this long after its publish reply, "
+                        "the order of a real master (0: before the reply, the worst case for halite)")
     p.add_argument("--fun", default="test.ping",
                    help="the function called: test.ping, or grains.items (~6 KiB a minion)")
     p.add_argument("--kinds", default="json,ndjson", help="answers to measure (a build without streaming: json)")
@@ -333,12 +336,14 @@ def main():
     os.makedirs(a.workdir, exist_ok=True)
     port, wsgi, cp = a.port, a.port - 5, a.port - 4
     results = {"loadavg_start": os.getloadavg(), "nproc": os.cpu_count(), "counts": [], "fun": a.fun,
+               "ret_delay_ms": a.ret_delay_ms,
                "started": time.strftime("%Y-%m-%d %H:%M:%S UTC", time.gmtime())}
     for n in [int(x) for x in a.minions.split(",") if x]:
         nd = f"{a.workdir}/null-{n}"
         cfg = f"{nd}/master"
         nm = subprocess.Popen([f"{a.bin_dir}/null-master", "--port", str(port), "--dir", nd,
                                "--minions", str(n), "--write-config", cfg,
+                               "--ret-delay-ms", str(a.ret_delay_ms),
                                "--wsgi-port", str(wsgi), "--cherrypy-port", str(cp)],
                               stdout=subprocess.DEVNULL, stderr=open(f"{a.workdir}/null-master.log", "ab"))
         try:
@@ -382,7 +387,9 @@ def main():
 
 
 def table(r):
-    lines = [f"{r.get('fun', 'test.ping')}:", "",
+    delay = r.get("ret_delay_ms", 0)
+    order = f"returns {delay} ms after the publish reply (wall includes it)" if delay else "returns before the publish reply"
+    lines = [f"{r.get('fun', 'test.ping')}, {order}:", "",
              "| minions | answer | wall s | halite CPU ms | CPU µs/return | peak RSS MiB (idle) | response bytes "
              "| growth ÷ response | complete |",
              "|---:|---|---:|---:|---:|---:|---:|---:|---:|"]
