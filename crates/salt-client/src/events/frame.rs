@@ -9,8 +9,8 @@ use crate::value::Cursor;
 /// The most the decoder reserves ahead of data it has not received.
 const RESERVE_STEP: usize = 1 << 20;
 
-/// Past this size, a frame's buffer is left to the frame: the bytes after
-/// it move to a buffer of their own.
+/// Past this size, a frame's buffer is left to the frame: what is read
+/// after it goes to a buffer of its own.
 const LARGE_FRAME: usize = 64 * 1024;
 
 pub fn split_body(body: &Bytes) -> (String, Bytes) {
@@ -73,6 +73,9 @@ pub fn encode_frame(body: &[u8], framing: Framing) -> Vec<u8> {
 pub struct FrameDecoder {
     framing: Option<Framing>,
     buf: BytesMut,
+    /// A frame of more than [`LARGE_FRAME`] was taken from `buf` since
+    /// more bytes were last needed.
+    after_large: bool,
 }
 
 impl FrameDecoder {
@@ -96,16 +99,33 @@ impl FrameDecoder {
         &mut self.buf
     }
 
+    /// Before more bytes are read: if a large frame was taken from the
+    /// buffer, what is left of it (a partial frame) moves to a buffer of
+    /// its own. The frame shares the allocation it was read into, grown
+    /// for it, and frames read later into the same allocation would keep
+    /// all of it alive for as long as any of them lives: the `new` event
+    /// of a job to 30,000 minions (~0.5 MiB) would be held through the
+    /// whole gathering of the returns that follow it. Once per read at
+    /// most, so a stream of large frames is not copied over and over.
+    fn more_needed(&mut self) {
+        if std::mem::take(&mut self.after_large) {
+            let rest = std::mem::take(&mut self.buf);
+            self.buf = BytesMut::from(&rest[..]);
+        }
+    }
+
     /// The next complete event, `Ok(None)` when more bytes are needed.
     pub fn next_event(&mut self) -> std::result::Result<Option<Event>, String> {
         loop {
             let Some(&first) = self.buf.first() else {
+                self.more_needed();
                 return Ok(None);
             };
             let framing = *self.framing.get_or_insert_with(|| detect_framing(first));
             let frame = match framing {
                 Framing::Prefixed => {
                     if self.buf.len() < 4 {
+                        self.more_needed();
                         return Ok(None);
                     }
                     let len =
@@ -115,6 +135,7 @@ impl FrameDecoder {
                         return Err(format!("event frame of {len} bytes is too large"));
                     }
                     if self.buf.len() < 4 + len {
+                        self.more_needed();
                         // Grow with what arrives, not with what the prefix
                         // claims: a lying length must not allocate up front.
                         self.buf
@@ -129,22 +150,13 @@ impl FrameDecoder {
                         if self.buf.len() > MAX_EVENT {
                             return Err("event frame is too large".into());
                         }
+                        self.more_needed();
                         return Ok(None);
                     }
                     Some(len) => self.buf.split_to(len).freeze(),
                 },
             };
-            if frame.len() > LARGE_FRAME {
-                // The frame shares the allocation it was read into, grown
-                // for it. Frames read after it into the same allocation
-                // would keep all of it alive for as long as any of them
-                // lives: the `new` event of a job to 30,000 minions
-                // (~0.5 MiB) would be held through the whole gathering of
-                // the returns that follow it. A copy of what was read past
-                // the frame (one read at most) is cheaper.
-                let rest = std::mem::take(&mut self.buf);
-                self.buf = BytesMut::from(&rest[..]);
-            }
+            self.after_large |= frame.len() > LARGE_FRAME;
             match event_from_frame(&frame)? {
                 Some(ev) => return Ok(Some(ev)),
                 // Not an event (no body): skip it.
